@@ -1,0 +1,212 @@
+//! Broker configuration: a TOML file, command-line flags that override it, and defaults that
+//! start a broker with no file at all.
+//!
+//! Every limit here has a default chosen for a single host and is checked once at start, so the
+//! rest of the broker can rely on it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the broker listens unless told otherwise. Loopback only: a broker must be opened to the
+/// network on purpose.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:5690";
+
+/// The data directory used when none is configured, relative to the working directory.
+pub const DATA_DIR_DEFAULT: &str = "ruuster-data";
+
+/// The most shards a broker runs. Each ordered pair of shards gets a ring, so the ring count grows
+/// with the square of this; 256 keeps that at 65,280 rings.
+pub const SHARD_COUNT_MAX: usize = 256;
+
+/// glommio's default `io_memory` is 10 MiB per executor, which is more locked memory than the
+/// default 8 MiB memlock limit allows even for one shard. We never ask for more than this.
+pub const IO_MEMORY_BYTES_MAX: usize = 10 << 20;
+
+/// Below this, registered buffers stop paying for themselves; glommio itself needs 512 KiB.
+pub const IO_MEMORY_BYTES_MIN: usize = 512 << 10;
+
+/// The broker's configuration, after defaults are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The directory that holds the journal segments and the metadata. Locked while in use.
+    pub data_dir: PathBuf,
+    /// The client address every shard accepts on.
+    pub listen: String,
+    /// The first per-shard port: shard `i` also listens alone on `shard_port_base + i`, so that a
+    /// client can reach the shard that owns its queue. `None` means `listen` port + 1, or
+    /// ephemeral ports when `listen` uses port 0.
+    pub shard_port_base: Option<u16>,
+    /// How many shards to run. `None` means one per CPU this process may run on.
+    pub shards: Option<usize>,
+    /// The CPUs shards are pinned to, in order; shard `i` runs on `cpus[i % cpus.len()]`. `None`
+    /// means the CPUs of this process's affinity mask.
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            listen: LISTEN_DEFAULT.to_string(),
+            shard_port_base: None,
+            shards: None,
+            cpus: None,
+        }
+    }
+}
+
+/// The TOML file's shape. Every field is optional; a missing one keeps the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub shard_port_base: Option<u16>,
+    pub shards: Option<usize>,
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Parse {
+        path: PathBuf,
+        message: String,
+    },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config file {}: {source}", path.display())
+            }
+            ConfigError::Parse { path, message } => {
+                write!(f, "config file {} is not valid: {message}", path.display())
+            }
+            ConfigError::Invalid { field, message } => write!(f, "config `{field}`: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `path` and applies it over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
+        let mut config = Config::default();
+        config.apply(file);
+        Ok(config)
+    }
+
+    /// Overrides every field that `file` sets.
+    pub fn apply(&mut self, file: ConfigFile) {
+        if let Some(data_dir) = file.data_dir {
+            self.data_dir = data_dir;
+        }
+        if let Some(listen) = file.listen {
+            self.listen = listen;
+        }
+        if file.shard_port_base.is_some() {
+            self.shard_port_base = file.shard_port_base;
+        }
+        if file.shards.is_some() {
+            self.shards = file.shards;
+        }
+        if file.cpus.is_some() {
+            self.cpus = file.cpus;
+        }
+    }
+
+    /// Checks what can be checked without touching the host.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(shards) = self.shards
+            && (shards == 0 || shards > SHARD_COUNT_MAX)
+        {
+            return Err(ConfigError::Invalid {
+                field: "shards",
+                message: format!("{shards} is outside 1..={SHARD_COUNT_MAX}"),
+            });
+        }
+        if self.cpus.as_ref().is_some_and(|cpus| cpus.is_empty()) {
+            return Err(ConfigError::Invalid {
+                field: "cpus",
+                message: "the list is empty".to_string(),
+            });
+        }
+        if self.listen.parse::<SocketAddr>().is_err() && !self.listen.contains(':') {
+            return Err(ConfigError::Invalid {
+                field: "listen",
+                message: format!("{:?} is not host:port", self.listen),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_keeps_every_default() {
+        let file: ConfigFile = toml::from_str("").unwrap();
+        let mut config = Config::default();
+        config.apply(file);
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn a_file_overrides_only_what_it_sets() {
+        let file: ConfigFile = toml::from_str("shards = 3\nlisten = \"0.0.0.0:7000\"").unwrap();
+        let mut config = Config::default();
+        config.apply(file);
+        assert_eq!(config.shards, Some(3));
+        assert_eq!(config.listen, "0.0.0.0:7000");
+        assert_eq!(config.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_rather_than_ignored() {
+        let result: Result<ConfigFile, _> = toml::from_str("shard = 2");
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn zero_shards_and_an_empty_cpu_list_are_invalid() {
+        let config = Config {
+            shards: Some(0),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        let config = Config {
+            cpus: Some(vec![]),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        let config = Config {
+            shards: Some(SHARD_COUNT_MAX + 1),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        assert!(Config::default().validate().is_ok());
+    }
+}

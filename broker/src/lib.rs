@@ -1,0 +1,20 @@
+//! The Ruuster broker: thread-per-core shards that route, store and deliver messages.
+//!
+//! One glommio executor runs per shard, pinned to a CPU; a shard's state is touched only by its
+//! own executor. The modules map to the broker's roles:
+//!
+//! - [`config`]: the TOML configuration, its defaults and the limits it names.
+//! - [`requirements`]: what the host must offer (kernel, io_uring, memlock, O_DIRECT) and the
+//!   checks that refuse or warn at start.
+//! - [`data_dir`]: the data directory's lock and its metadata file (format version, shard count).
+//! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
+//!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
+//! - [`shard`]: the glommio-specific part: executors, pinning and each shard's accept loop.
+//! - [`server`]: start-up order and shutdown, usable in-process by tests.
+
+pub mod config;
+pub mod data_dir;
+pub mod listeners;
+pub mod requirements;
+pub mod server;
+pub mod shard;
