@@ -7,6 +7,8 @@
 //! - [`requirements`]: what the host must offer (kernel, io_uring, memlock, O_DIRECT) and the
 //!   checks that refuse or warn at start.
 //! - [`data_dir`]: the data directory's lock and its metadata file (format version, shard count).
+//! - [`metadata`]: the topology (exchanges, queues, bindings, placement) and its file; shard 0
+//!   is its only writer.
 //! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
 //!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
 //! - [`shard`]: the glommio-specific part: executors, pinning and each shard's accept loop.
@@ -15,6 +17,7 @@
 pub mod config;
 pub mod data_dir;
 pub mod listeners;
+pub mod metadata;
 pub mod requirements;
 pub mod server;
 pub mod shard;
