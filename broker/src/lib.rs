@@ -9,6 +9,7 @@
 //! - [`data_dir`]: the data directory's lock and its metadata file (format version, shard count).
 //! - [`metadata`]: the topology (exchanges, queues, bindings, placement) and its file; shard 0
 //!   is its only writer.
+//! - [`envelope`]: the rkyv archive around a message body on the rings and in the journal.
 //! - [`mesh`]: the rings between shards, in a data and a control lane, with outbox tasks.
 //! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
 //!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod data_dir;
+pub mod envelope;
 pub mod listeners;
 pub mod mesh;
 pub mod metadata;
