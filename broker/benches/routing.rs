@@ -384,7 +384,11 @@ fn topic_binding_key(binding_count: usize, random: &mut SplitMix64) -> String {
 }
 
 fn headers_arguments(index: usize, random: &mut SplitMix64) -> Vec<BindingArgument> {
-    let mode = if index.is_multiple_of(2) { "all" } else { "any" };
+    let mode = if index.is_multiple_of(2) {
+        "all"
+    } else {
+        "any"
+    };
     let format = FORMAT_NAMES[random.below(FORMAT_NAMES.len() as u64) as usize];
     let region = format!("region-{}", random.below(REGION_COUNT));
     vec![

@@ -55,7 +55,7 @@ pub use headers::{
 };
 pub use targets::RouteTargets;
 
-use headers::HeadersBinding;
+use headers::{HeadersExchange, HeadersExchangeBuilder};
 use topic::{TopicTrie, TopicTrieBuilder};
 
 /// The longest exchange or queue name, in bytes: AMQP 0-9-1 carries names as a shortstr, whose
@@ -296,8 +296,8 @@ enum Exchange {
     /// Every bound queue slot, free of repeats.
     Fanout(Box<[u32]>),
     Topic(TopicTrie),
-    /// Scanned in full on every route: RabbitMQ does the same, and a headers index is future work.
-    Headers(Box<[HeadersBinding]>),
+    /// Every binding is checked on every route; shared conditions are evaluated once.
+    Headers(HeadersExchange),
 }
 
 impl RoutingTable {
@@ -398,12 +398,8 @@ impl RoutingTable {
                 Some(Exchange::Topic(trie)) => {
                     trie.route(routing_key, &mut out.topic_scratch, &mut out.matched)
                 }
-                Some(Exchange::Headers(bindings)) => {
-                    for binding in bindings.iter() {
-                        if !out.matched.contains(binding.queue_slot) && binding.matches(headers) {
-                            out.matched.insert(binding.queue_slot);
-                        }
-                    }
+                Some(Exchange::Headers(exchange)) => {
+                    exchange.route(headers, &mut out.condition_holds, &mut out.matched)
                 }
             }
         }
@@ -499,7 +495,7 @@ enum ExchangeBuilder {
     Direct(NameMap<Vec<u32>>),
     Fanout(Vec<u32>),
     Topic(TopicTrieBuilder),
-    Headers(Vec<HeadersBinding>),
+    Headers(HeadersExchangeBuilder),
 }
 
 impl ExchangeBuilder {
@@ -508,7 +504,7 @@ impl ExchangeBuilder {
             ExchangeKind::Direct => Self::Direct(NameMap::default()),
             ExchangeKind::Fanout => Self::Fanout(Vec::new()),
             ExchangeKind::Topic => Self::Topic(TopicTrieBuilder::default()),
-            ExchangeKind::Headers => Self::Headers(Vec::new()),
+            ExchangeKind::Headers => Self::Headers(HeadersExchangeBuilder::default()),
         }
     }
 
@@ -522,15 +518,13 @@ impl ExchangeBuilder {
             }
             Self::Fanout(slots) => slots.push(queue_slot),
             Self::Topic(trie) => trie.insert(&binding.key, queue_slot),
-            Self::Headers(bindings) => {
-                let compiled =
-                    HeadersBinding::compile(&binding.arguments, queue_slot).ok_or_else(|| {
-                        BuildError::InvalidMatchMode {
-                            exchange: binding.exchange.clone(),
-                            queue: binding.queue.clone(),
-                        }
-                    })?;
-                bindings.push(compiled);
+            Self::Headers(builder) => {
+                builder.add(&binding.arguments, queue_slot).ok_or_else(|| {
+                    BuildError::InvalidMatchMode {
+                        exchange: binding.exchange.clone(),
+                        queue: binding.queue.clone(),
+                    }
+                })?;
             }
         }
         Ok(())
@@ -546,7 +540,7 @@ impl ExchangeBuilder {
             ),
             Self::Fanout(slots) => Exchange::Fanout(without_repeats(slots)),
             Self::Topic(trie) => Exchange::Topic(trie.finish()),
-            Self::Headers(bindings) => Exchange::Headers(bindings.into_boxed_slice()),
+            Self::Headers(builder) => Exchange::Headers(builder.finish()),
         }
     }
 }

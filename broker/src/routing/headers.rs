@@ -8,7 +8,10 @@
 //! byte array holding the same bytes, because RabbitMQ decodes both to the same binary. Nothing is
 //! equal across any other pair of kinds.
 
+use std::collections::HashMap;
+
 use super::BINDING_ARGUMENT_COUNT_MAX;
+use super::targets::SlotSet;
 
 /// The binding argument that selects the match mode.
 pub const MATCH_MODE_KEY: &str = "x-match";
@@ -116,43 +119,173 @@ impl MatchMode {
     }
 }
 
-/// A headers binding with its settings stripped: what a route checks.
-#[derive(Clone, Debug)]
-pub(super) struct HeadersBinding {
-    pub(super) queue_slot: u32,
-    requires_all: bool,
+/// A compiled headers exchange. A condition (a key and an expected value) that several bindings
+/// share is evaluated once per route, and a key that several conditions test is looked up once:
+/// a route costs one header lookup per distinct key, one comparison per distinct condition, and
+/// one boolean read per condition of each binding. RabbitMQ compares every argument of every
+/// binding; with bindings that draw on a few keys and values this is several times cheaper, and
+/// it is never more than one extra boolean per condition.
+#[derive(Debug)]
+pub(super) struct HeadersExchange {
+    /// Distinct conditions, ordered by key so that equal keys are adjacent.
     conditions: Box<[BindingArgument]>,
+    bindings: Box<[CompiledBinding]>,
+    /// Indexes into `conditions`, one run per binding.
+    condition_indexes: Box<[u32]>,
 }
 
-impl HeadersBinding {
-    /// Compiles a binding's arguments, or returns `None` when its `x-match` is invalid.
-    pub(super) fn compile(arguments: &[BindingArgument], queue_slot: u32) -> Option<Self> {
+#[derive(Clone, Copy, Debug)]
+struct CompiledBinding {
+    queue_slot: u32,
+    requires_all: bool,
+    conditions_start: u32,
+    conditions_end: u32,
+}
+
+impl HeadersExchange {
+    /// Adds to `matched` the queues of every binding that `headers` satisfies. `holds` is scratch
+    /// space: one flag per distinct condition.
+    pub(super) fn route<H: MessageHeaders + ?Sized>(
+        &self,
+        headers: &H,
+        holds: &mut Vec<bool>,
+        matched: &mut SlotSet,
+    ) {
+        holds.clear();
+        let mut previous_key: Option<&str> = None;
+        let mut found = None;
+        for condition in self.conditions.iter() {
+            if previous_key != Some(condition.key.as_str()) {
+                previous_key = Some(condition.key.as_str());
+                found = headers.get(&condition.key);
+            }
+            holds.push(found.is_some_and(|actual| value_equals(&condition.value, actual)));
+        }
+
+        for binding in self.bindings.iter() {
+            if matched.contains(binding.queue_slot) {
+                continue;
+            }
+            let range = binding.conditions_start as usize..binding.conditions_end as usize;
+            let mut outcomes = self.condition_indexes[range]
+                .iter()
+                .map(|&i| holds[i as usize]);
+            let satisfied = if binding.requires_all {
+                outcomes.all(|held| held)
+            } else {
+                outcomes.any(|held| held)
+            };
+            if satisfied {
+                matched.insert(binding.queue_slot);
+            }
+        }
+    }
+}
+
+/// A headers exchange under construction: conditions are interned as bindings arrive.
+#[derive(Debug, Default)]
+pub(super) struct HeadersExchangeBuilder {
+    conditions: Vec<BindingArgument>,
+    index_by_condition: HashMap<ConditionKey, u32>,
+    bindings: Vec<CompiledBinding>,
+    condition_indexes: Vec<u32>,
+}
+
+/// A condition in hashable form: floats by their bits, which is also how they compare.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConditionKey {
+    key: String,
+    value: ValueKey,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum ValueKey {
+    Void,
+    Str(String),
+    Bytes(Vec<u8>),
+    Int(i64),
+    FloatBits(u64),
+    Bool(bool),
+}
+
+impl HeadersExchangeBuilder {
+    /// Adds a binding with these arguments, or returns `None` when its `x-match` is invalid.
+    pub(super) fn add(&mut self, arguments: &[BindingArgument], queue_slot: u32) -> Option<()> {
         debug_assert!(arguments.len() <= BINDING_ARGUMENT_COUNT_MAX);
         let mode = MatchMode::from_arguments(arguments)?;
-        let conditions = arguments
+        let conditions_start = self.condition_index_count();
+        for argument in arguments
             .iter()
             .filter(|argument| mode.is_condition(&argument.key))
-            .cloned()
-            .collect();
-        Some(HeadersBinding {
+        {
+            let index = self.intern(argument);
+            self.condition_indexes.push(index);
+        }
+        self.bindings.push(CompiledBinding {
             queue_slot,
             requires_all: mode.requires_all(),
-            conditions,
-        })
+            conditions_start,
+            conditions_end: self.condition_index_count(),
+        });
+        Some(())
     }
 
-    pub(super) fn matches<H: MessageHeaders + ?Sized>(&self, headers: &H) -> bool {
-        let mut holds = self
-            .conditions
+    fn condition_index_count(&self) -> u32 {
+        u32::try_from(self.condition_indexes.len()).expect("condition count fits u32")
+    }
+
+    fn intern(&mut self, argument: &BindingArgument) -> u32 {
+        let value = match &argument.value {
+            ArgumentValue::Void => ValueKey::Void,
+            ArgumentValue::Str(text) => ValueKey::Str(text.clone()),
+            ArgumentValue::Bytes(bytes) => ValueKey::Bytes(bytes.clone()),
+            ArgumentValue::Int(integer) => ValueKey::Int(*integer),
+            ArgumentValue::Float(float) => ValueKey::FloatBits(float.to_bits()),
+            ArgumentValue::Bool(boolean) => ValueKey::Bool(*boolean),
+        };
+        let next_index = u32::try_from(self.conditions.len()).expect("condition count fits u32");
+        let key = ConditionKey {
+            key: argument.key.clone(),
+            value,
+        };
+        let index = *self.index_by_condition.entry(key).or_insert(next_index);
+        if index == next_index {
+            self.conditions.push(argument.clone());
+        }
+        index
+    }
+
+    pub(super) fn finish(self) -> HeadersExchange {
+        let mut order: Vec<u32> = (0..self.conditions.len() as u32).collect();
+        order.sort_by(|&left, &right| {
+            self.conditions[left as usize]
+                .key
+                .cmp(&self.conditions[right as usize].key)
+        });
+        let mut new_index = vec![0_u32; order.len()];
+        for (position, &old) in order.iter().enumerate() {
+            new_index[old as usize] = position as u32;
+        }
+
+        let mut conditions: Vec<Option<BindingArgument>> =
+            self.conditions.into_iter().map(Some).collect();
+        let conditions = order
             .iter()
-            .map(|condition| match headers.get(&condition.key) {
-                None => false,
-                Some(actual) => value_equals(&condition.value, actual),
-            });
-        if self.requires_all {
-            holds.all(|held| held)
-        } else {
-            holds.any(|held| held)
+            .map(|&old| {
+                conditions[old as usize]
+                    .take()
+                    .expect("each condition moves once")
+            })
+            .collect();
+        let condition_indexes = self
+            .condition_indexes
+            .iter()
+            .map(|&old| new_index[old as usize])
+            .collect();
+        HeadersExchange {
+            conditions,
+            bindings: self.bindings.into_boxed_slice(),
+            condition_indexes,
         }
     }
 }

@@ -4,8 +4,8 @@
 //! keys come from small alphabets so that a good share of messages match (checked by
 //! `generated_cases_route_a_good_share_of_messages_somewhere`).
 //!
-//! A failure prints the minimal case, and proptest records its seed under
-//! `proptest-regressions/` beside this file so that the next run replays it first.
+//! A failure prints the minimal case, and proptest records its seed in
+//! `broker/proptest-regressions/routing/model_tests.txt` so that the next run replays it first.
 
 use std::collections::BTreeSet;
 

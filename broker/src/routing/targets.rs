@@ -14,6 +14,8 @@ use super::{QueueId, QueueSlot, ShardId};
 pub struct RouteTargets {
     pub(super) matched: SlotSet,
     pub(super) topic_scratch: TopicScratch,
+    /// Whether each distinct condition of a headers exchange holds for the message being routed.
+    pub(super) condition_holds: Vec<bool>,
     /// Matched queue ids, shard 0's first, then shard 1's, and so on.
     grouped: Vec<QueueId>,
     /// `shard_count + 1` offsets into `grouped`, or empty when nothing was routed.
