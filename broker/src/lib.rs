@@ -11,6 +11,7 @@
 //!   is its only writer.
 //! - [`envelope`]: the rkyv archive around a message body on the rings and in the journal.
 //! - [`mesh`]: the rings between shards, in a data and a control lane, with outbox tasks.
+//! - [`routing`]: exchange types and the immutable routing table each shard reads.
 //! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
 //!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
 //! - [`shard`]: the glommio-specific part: executors, pinning and each shard's accept loop.
@@ -23,5 +24,6 @@ pub mod listeners;
 pub mod mesh;
 pub mod metadata;
 pub mod requirements;
+pub mod routing;
 pub mod server;
 pub mod shard;
