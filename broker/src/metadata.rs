@@ -23,6 +23,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data_dir::{DataDirError, write_atomically};
+pub use crate::routing::{ArgumentValue, ExchangeKind, QueueId, ShardId};
 
 /// The version of `topology.json` this broker writes and reads.
 pub const TOPOLOGY_FORMAT_VERSION: u32 = 1;
@@ -49,36 +50,11 @@ pub const ARGUMENT_COUNT_MAX: usize = 64;
 /// A topology file larger than this is refused rather than read whole.
 const TOPOLOGY_FILE_BYTES_MAX: u64 = 512 << 20;
 
-/// A queue's identity for its whole life; never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct QueueId(pub u32);
-
-/// A shard's index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ShardId(pub u16);
-
 /// A client connection, unique for the broker's lifetime: the shard it lives on and a counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ConnectionId {
     pub shard: ShardId,
     pub serial: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ExchangeKind {
-    Direct,
-    Fanout,
-    Topic,
-    Headers,
-}
-
-/// A typed argument of a declare or a bind (queue features, `x-match`, header values).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum ArgumentValue {
-    String(String),
-    Bytes(Vec<u8>),
-    Integer(i64),
-    Bool(bool),
 }
 
 /// Arguments in key order, so that two declares with the same arguments compare equal whatever

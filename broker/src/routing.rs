@@ -77,15 +77,19 @@ pub const BINDING_ARGUMENT_COUNT_MAX: usize = 64;
 pub const QUEUE_COUNT_MAX: usize = u32::MAX as usize;
 
 /// A queue's identity, assigned by the control plane and stable across table versions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct QueueId(pub u32);
 
 /// The shard (core) that owns a queue: its ready list, unacked deliveries and consumers live there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ShardId(pub u16);
 
 /// The routing rule of an exchange.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ExchangeKind {
     Direct,
     Fanout,

@@ -56,7 +56,7 @@ impl MessageHeaders for [(&str, HeaderValue<'_>)] {
 
 /// A binding argument value as the control plane stores it. `Void` (AMQP's field type `V`) asks
 /// only that the header be present.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ArgumentValue {
     Void,
     Str(String),
