@@ -12,12 +12,15 @@
 //! - [`envelope`]: the rkyv archive around a message body on the rings and in the journal.
 //! - [`mesh`]: the rings between shards, in a data and a control lane, with outbox tasks.
 //! - [`routing`]: exchange types and the immutable routing table each shard reads.
+//! - [`control`]: shard 0's control task, which applies topology requests, persists them and
+//!   publishes versioned snapshots to every shard.
 //! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
 //!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
 //! - [`shard`]: the glommio-specific part: executors, pinning and each shard's accept loop.
 //! - [`server`]: start-up order and shutdown, usable in-process by tests.
 
 pub mod config;
+pub mod control;
 pub mod data_dir;
 pub mod envelope;
 pub mod listeners;
