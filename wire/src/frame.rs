@@ -778,7 +778,7 @@ impl Payload for QueueDeclare {
 }
 
 /// `QueueDeclareOk`: `u32` request id, short-string queue, `u64` message count, `u32` consumer
-/// count.
+/// count, `u16` owner shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueDeclareOk {
     /// The request being answered.
@@ -789,6 +789,10 @@ pub struct QueueDeclareOk {
     pub message_count: u64,
     /// Active consumers.
     pub consumer_count: u32,
+    /// The shard that owns the queue: a client that connects to that shard's port
+    /// ([`Welcome::shard_ports`]) publishes to and consumes from the queue without a cross-shard
+    /// hop.
+    pub owner_shard: u16,
 }
 
 impl Payload for QueueDeclareOk {
@@ -797,6 +801,7 @@ impl Payload for QueueDeclareOk {
         put_short_str(dst, &self.queue);
         dst.put_u64_le(self.message_count);
         dst.put_u32_le(self.consumer_count);
+        dst.put_u16_le(self.owner_shard);
         Ok(())
     }
 
@@ -806,6 +811,7 @@ impl Payload for QueueDeclareOk {
             queue: reader.short_str("queue")?,
             message_count: reader.u64("message count")?,
             consumer_count: reader.u32("consumer count")?,
+            owner_shard: reader.u16("owner shard")?,
         })
     }
 }

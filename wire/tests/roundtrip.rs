@@ -206,13 +206,14 @@ fn topology_frame() -> impl Strategy<Value = Frame> {
                 })
             }
         ),
-        (any::<u32>(), short_str(), any::<u64>(), any::<u32>()).prop_map(
-            |(request_id, queue, message_count, consumer_count)| {
+        (any::<u32>(), short_str(), any::<u64>(), any::<(u32, u16)>()).prop_map(
+            |(request_id, queue, message_count, (consumer_count, owner_shard))| {
                 Frame::QueueDeclareOk(QueueDeclareOk {
                     request_id,
                     queue,
                     message_count,
                     consumer_count,
+                    owner_shard,
                 })
             }
         ),

@@ -288,6 +288,7 @@ fn template(selector: u8, parameter: u8, sender: &Connection) -> Frame {
             queue: short("orders"),
             message_count: small,
             consumer_count: 0,
+            owner_shard: u16::from(parameter % 2),
         }),
         10 => Frame::Deliver(Deliver {
             consumer_id: 1,
