@@ -209,7 +209,7 @@ mod tests {
         let bytes = records(5, 10, 100);
         let mut scanner = Scanner::new(5, 1, 1024, 4096);
         let mut seen = Vec::new();
-        let need = scanner.feed(&bytes[..250], |record, _| seen.push(record.header.offset));
+        let need = scanner.feed(&bytes[..300], |record, _| seen.push(record.header.offset));
         assert_eq!(seen, vec![5, 6]);
         assert_eq!(need, Some(132));
         let consumed = (scanner.position() - 4096) as usize;
