@@ -1,0 +1,56 @@
+//! The file I/O seam. The log reaches the disk only through [`Storage`] and [`StorageFile`], so
+//! that tests can substitute [`sim::SimStorage`], which completes writes out of order, injects
+//! failures and simulates a crash that drops any subset of unsynced writes. [`uring`] is the real
+//! implementation on glommio's `DmaFile` (O_DIRECT, io_uring).
+//!
+//! The traits are `async fn` traits without `Send` bounds on purpose: a log lives on one executor
+//! thread and its futures never cross threads.
+
+pub mod sim;
+pub mod uring;
+
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::RawFd;
+use std::path::Path;
+
+/// A directory-level view of a filesystem.
+#[allow(async_fn_in_trait, reason = "a log and its futures stay on one thread")]
+pub trait Storage: Clone + 'static {
+    type File: StorageFile<Buffer = Self::Buffer>;
+    /// Memory that a write can take ownership of (aligned for direct I/O where that matters).
+    type Buffer: Deref<Target = [u8]> + DerefMut + 'static;
+
+    /// Refuses a directory whose filesystem cannot honour O_DIRECT and fdatasync (tmpfs, ramfs).
+    async fn check_directory(&self, dir: &Path) -> io::Result<()>;
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates a new file for reading and writing; fails if it exists.
+    async fn create_file(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing.
+    async fn open_file(&self, path: &Path) -> io::Result<Self::File>;
+    async fn remove_file(&self, path: &Path) -> io::Result<()>;
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// A zeroed buffer of `len` bytes that `write_at` accepts.
+    fn alloc_buffer(&self, len: usize) -> Self::Buffer;
+}
+
+/// One open file.
+#[allow(async_fn_in_trait, reason = "a log and its futures stay on one thread")]
+pub trait StorageFile: 'static {
+    type Buffer: Deref<Target = [u8]> + DerefMut + 'static;
+    type ReadBuffer: Deref<Target = [u8]> + 'static;
+
+    /// Writes the whole buffer at `position`; both are multiples of the block size. Returns the
+    /// number of bytes the kernel wrote (it may be short).
+    async fn write_at(&self, buffer: Self::Buffer, position: u64) -> io::Result<usize>;
+    /// Reads up to `len` bytes at `position` (any alignment); shorter at the end of the file.
+    async fn read_at(&self, position: u64, len: usize) -> io::Result<Self::ReadBuffer>;
+    async fn fdatasync(&self) -> io::Result<()>;
+    /// Reserves blocks up to `len` bytes and sets the file size to at least `len`.
+    async fn preallocate(&self, len: u64) -> io::Result<()>;
+    async fn truncate(&self, len: u64) -> io::Result<()>;
+    async fn size(&self) -> io::Result<u64>;
+    /// The descriptor, for memory-mapping sealed segments; `None` where there is no real file.
+    fn raw_fd(&self) -> Option<RawFd>;
+}

@@ -1,0 +1,1649 @@
+//! The log: appends, group commit, watermarks, reads, reclaim and poisoning.
+//!
+//! # Write path
+//!
+//! An append reserves its offsets and copies its frames into the in-memory tail of the active
+//! segment before its first await, so concurrent appenders on one executor get consecutive offsets
+//! in call order. Waiting for a level then *drives* the pipeline: a waiter submits a write of the
+//! tail, or an fdatasync, or waits for someone else's. Writes copy a block-aligned slice of the
+//! tail into a fresh buffer, so a dispatched buffer is never modified (trap S3); a new write may
+//! not start in a block that a write in flight still covers, which keeps one write per block.
+//! Writes of whole blocks may be in flight together and complete in any order; the written
+//! watermark is the contiguous prefix of completed writes, counted in whole batches.
+//!
+//! An fdatasync starts only when no other is in flight and covers the written watermark taken
+//! when it starts (trap S4). Appenders that arrive while it runs are covered by the next one: that
+//! is the group commit, with no timer. A failed write or fdatasync poisons the log.
+//!
+//! # Levels
+//!
+//! [`Level::Memory`] is reached at once. [`Level::Written`] means the write completed: the data is
+//! in the device and survives a process crash. [`Level::Fsynced`] means an fdatasync covering it
+//! returned: it survives power loss. Under [`SyncPolicy::Os`] a request for `Fsynced` is answered
+//! with `Written` (the store never syncs on its own under that policy; call [`Log::sync`]). Under
+//! [`SyncPolicy::Interval`] it waits for the next periodic sync.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use memmap2::Mmap;
+use tracing::{debug, error, info, warn};
+
+use crate::error::StoreError;
+use crate::format::{
+    self, BLOCK_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, RECORD_HEADER_BYTES, RecordHeader,
+    SEGMENT_HEADER_BLOCK_BYTES, Seal, SegmentHeader, align_down, align_up, frame_bytes,
+};
+use crate::io::{Storage, StorageFile, uring::UringStorage};
+use crate::mapped;
+use crate::runtime;
+use crate::segment::{LiveSet, Scanner, SegmentIndex};
+
+/// Largest segment: positions in the index and in the frames' arithmetic stay far from overflow.
+pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 32;
+/// Smallest segment: a header block and room for at least a few records.
+pub const SEGMENT_BYTES_MIN: u64 = 4 * BLOCK_BYTES;
+/// A read asks the disk for at least this much at a time, so small records are not read one by one.
+const READ_WINDOW_BYTES_MIN: usize = 64 * 1024;
+/// Records per read step of [`Log::scan`]; the scan yields between steps.
+const SCAN_STEP_RECORDS: usize = 1024;
+
+/// When the store calls fdatasync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every append that asks for `Fsynced` waits for a covering fdatasync; concurrent appends
+    /// share one (group commit).
+    Always,
+    /// A background task syncs at this period; `Fsynced` waits for it.
+    Interval(Duration),
+    /// Never sync on our own: data is on the device once written but a power loss may drop it.
+    Os,
+}
+
+/// How far an append has come. Ordered: `Memory < Written < Fsynced`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// In the tail buffer; lost if the process dies.
+    Memory,
+    /// Write completed (O_DIRECT): survives a process crash, not a power loss.
+    Written,
+    /// Covered by a completed fdatasync: survives power loss.
+    Fsynced,
+}
+
+/// Which watermark bounds a read or a wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watermark {
+    Written,
+    Durable,
+}
+
+/// Configuration of one log.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Size each segment file is preallocated to; a segment rolls when the next batch would not
+    /// fit.
+    pub segment_bytes: u64,
+    /// Largest payload accepted on append and trusted on read (at most
+    /// [`format::MAX_PAYLOAD_BYTES_LIMIT`]).
+    pub max_payload_bytes: usize,
+    pub sync_policy: SyncPolicy,
+    /// Bytes appended but not yet durable (not yet written under `Os`). Appends wait above it. It
+    /// bounds the tail memory and how far past the durable point a crash can leave holes.
+    pub unsynced_bytes_max: u64,
+    /// Largest single write. A flush larger than this is split into block-aligned writes that
+    /// run concurrently.
+    pub write_bytes_max: u64,
+    /// The synced offset is checkpointed each time durable data grows by this much (and at each
+    /// roll and close). Below the checkpoint, damage refuses the open instead of being truncated.
+    pub checkpoint_every_bytes: u64,
+    /// New segments get an epoch of at least this value (and above every epoch seen on disk).
+    pub epoch_floor: u32,
+    /// Period of the background task that writes `Memory`-level appends nobody waits for and, under
+    /// `Interval`, syncs. `None` runs no background task.
+    pub background_period: Option<Duration>,
+    /// NEGATIVE CONTROL FOR TESTS ONLY: report every append at the requested level as soon as it is
+    /// in the tail buffer. Crash checkers must detect the resulting loss.
+    #[doc(hidden)]
+    pub confirm_before_durable_for_tests: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 * 1024 * 1024,
+            max_payload_bytes: 1024 * 1024,
+            sync_policy: SyncPolicy::Always,
+            unsynced_bytes_max: 16 * 1024 * 1024,
+            write_bytes_max: 1024 * 1024,
+            checkpoint_every_bytes: 8 * 1024 * 1024,
+            epoch_floor: 1,
+            background_period: Some(Duration::from_millis(5)),
+            confirm_before_durable_for_tests: false,
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |reason: String| Err(StoreError::InvalidOptions { reason });
+        if !self.segment_bytes.is_multiple_of(BLOCK_BYTES)
+            || !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_LIMIT).contains(&self.segment_bytes)
+        {
+            return invalid(format!(
+                "segment_bytes {} must be a multiple of {BLOCK_BYTES} in \
+                 {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_LIMIT}",
+                self.segment_bytes
+            ));
+        }
+        if self.max_payload_bytes > format::MAX_PAYLOAD_BYTES_LIMIT
+            || frame_bytes(self.max_payload_bytes) > self.segment_capacity_bytes()
+        {
+            return invalid(format!(
+                "max_payload_bytes {} exceeds the limit {} or one segment",
+                self.max_payload_bytes,
+                format::MAX_PAYLOAD_BYTES_LIMIT
+            ));
+        }
+        if self.write_bytes_max < BLOCK_BYTES || !self.write_bytes_max.is_multiple_of(BLOCK_BYTES) {
+            return invalid(format!(
+                "write_bytes_max {} must be a positive multiple of {BLOCK_BYTES}",
+                self.write_bytes_max
+            ));
+        }
+        if self.unsynced_bytes_max < frame_bytes(self.max_payload_bytes) {
+            return invalid("unsynced_bytes_max must hold at least one largest record".into());
+        }
+        if self.epoch_floor == 0 {
+            return invalid("epoch_floor starts at 1; epoch 0 marks zeroed bytes".into());
+        }
+        Ok(())
+    }
+
+    fn segment_capacity_bytes(&self) -> u64 {
+        self.segment_bytes - SEGMENT_HEADER_BLOCK_BYTES
+    }
+}
+
+/// One record to append. The store does not look inside the payload.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub payload: &'a [u8],
+    pub timestamp_ms: u64,
+    pub flags: u32,
+}
+
+/// One record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub timestamp_ms: u64,
+    pub flags: u32,
+    pub payload: Vec<u8>,
+}
+
+/// Budget of one read. At least one record is returned when one is available, even if it alone
+/// exceeds `bytes_max`, so that a reader always makes progress.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    pub records_max: usize,
+    pub bytes_max: usize,
+}
+
+/// Offsets assigned to an appended batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub offsets: Range<u64>,
+}
+
+/// What recovery found and did.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub segments_count: usize,
+    pub records_count: u64,
+    pub first_offset: u64,
+    pub next_offset: u64,
+    /// Durable offset read from the checkpoint (0 without one).
+    pub checkpoint_offset: u64,
+    /// Non-zero bytes cut after the last valid record of the last segment.
+    pub truncated_bytes: u64,
+    /// Where the torn tail started: segment path, first missing offset, byte position.
+    pub truncated_at: Option<(PathBuf, u64, u64)>,
+    /// Segment files created but never started, removed by recovery.
+    pub removed_files: Vec<PathBuf>,
+    pub elapsed: Duration,
+}
+
+/// Counters of the write path since open.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub writes_count: u64,
+    pub written_bytes: u64,
+    pub syncs_count: u64,
+    /// Records newly made durable, summed over syncs; divided by `syncs_count` it is the mean
+    /// group size.
+    pub synced_records_count: u64,
+    pub checkpoints_count: u64,
+    pub segments_rolled_count: u64,
+    pub segments_deleted_count: u64,
+}
+
+/// Retention rules for streams; each deletes whole sealed segments from the front.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Retention {
+    /// Delete segments whose records all lie below this offset.
+    pub offset_min: Option<u64>,
+    /// Delete the oldest segments while the log is larger than this.
+    pub total_bytes_max: Option<u64>,
+    /// Delete segments whose newest record is older than this.
+    pub age_max: Option<Duration>,
+}
+
+/// What [`Log::apply_retention`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted_count: u64,
+    pub bytes_deleted: u64,
+}
+
+/// A waker list with a generation counter: waiters sleep until the generation moves.
+#[derive(Debug, Default)]
+struct Notify {
+    generation: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    fn notify(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for waker in self.wakers.take() {
+            waker.wake();
+        }
+    }
+
+    async fn changed_since(&self, seen: u64) {
+        poll_fn(|context| {
+            if self.generation.get() != seen {
+                return Poll::Ready(());
+            }
+            self.wakers.borrow_mut().push(context.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+pub(crate) struct Segment<F> {
+    pub base_offset: u64,
+    pub epoch: u32,
+    pub path: PathBuf,
+    pub file: Rc<F>,
+    pub created_ms: u64,
+    pub record_count: u64,
+    pub end_position: u64,
+    pub timestamp_ms_max: u64,
+    pub index: SegmentIndex,
+    pub live: LiveSet,
+    pub map: Option<Rc<Mmap>>,
+}
+
+impl<F> Segment<F> {
+    fn end_offset(&self) -> u64 {
+        self.base_offset + self.record_count
+    }
+
+    fn live_count(&self) -> u64 {
+        self.record_count - self.live.dead_count()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    id: u64,
+    block_end: u64,
+    data_end: u64,
+    done: bool,
+}
+
+/// The in-memory tail of the active segment and the write pipeline over it.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    /// Bytes from file position `position` (block aligned) up to the appended end.
+    pub bytes: Vec<u8>,
+    pub position: u64,
+    pub submitted_position: u64,
+    pub written_position: u64,
+    in_flight: VecDeque<InFlight>,
+    /// (end position, next offset) of appended batches not yet written.
+    batch_ends: VecDeque<(u64, u64)>,
+    /// End position of the last batch that is fully written.
+    written_boundary_position: u64,
+    pub durable_position: u64,
+}
+
+impl Tail {
+    /// A tail whose file already holds everything before `end_position`, of which the last
+    /// partial block is `partial_block`.
+    pub(crate) fn resume(end_position: u64, partial_block: Vec<u8>) -> Self {
+        let position = align_down(end_position);
+        assert_eq!(partial_block.len() as u64, end_position - position);
+        Tail {
+            bytes: partial_block,
+            position,
+            submitted_position: end_position,
+            written_position: end_position,
+            in_flight: VecDeque::new(),
+            batch_ends: VecDeque::new(),
+            written_boundary_position: end_position,
+            durable_position: end_position,
+        }
+    }
+
+    fn end_position(&self) -> u64 {
+        self.position + self.bytes.len() as u64
+    }
+}
+
+struct CheckpointState<F> {
+    file: Rc<F>,
+    path: PathBuf,
+    sequence: u64,
+    durable_position: u64,
+    segment_base_offset: u64,
+    in_flight: bool,
+}
+
+struct State<S: Storage> {
+    sealed: BTreeMap<u64, Segment<S::File>>,
+    active: Segment<S::File>,
+    tail: Tail,
+    next_offset: u64,
+    written_offset: u64,
+    durable_offset: u64,
+    epoch_current: u32,
+    poisoned: Option<String>,
+    rolling: bool,
+    sync_in_flight: bool,
+    write_id_next: u64,
+    checkpoint: CheckpointState<S::File>,
+    stats: Stats,
+}
+
+struct Shared<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    options: Options,
+    state: RefCell<State<S>>,
+    changed: Notify,
+}
+
+/// An append-only journal of opaque records in one directory. Not `Send`: it lives on one
+/// executor, and its methods take `&self` so that many tasks of that executor can share it.
+pub struct Log<S: Storage = UringStorage> {
+    shared: Rc<Shared<S>>,
+}
+
+impl<S: Storage> std::fmt::Debug for Log<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct WriteJob<F> {
+    id: u64,
+    file: Rc<F>,
+    path: PathBuf,
+    position: u64,
+    segment_base_offset: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SyncTarget {
+    segment_base_offset: u64,
+    position: u64,
+    offset: u64,
+}
+
+enum Step<F> {
+    Done(Level),
+    Write(WriteJob<F>),
+    Sync(Rc<F>, SyncTarget),
+    Wait(u64),
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything recovery hands over to a running log.
+pub(crate) struct Recovered<F> {
+    pub sealed: BTreeMap<u64, Segment<F>>,
+    pub active: Segment<F>,
+    pub tail: Tail,
+    pub epoch_current: u32,
+    pub checkpoint_file: Rc<F>,
+    pub checkpoint_path: PathBuf,
+    pub checkpoint_sequence: u64,
+}
+
+impl Log<UringStorage> {
+    /// Opens (creating if needed) the log in `dir` on the real disk, running recovery. Refuses
+    /// tmpfs and filesystems without O_DIRECT.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<(Log, RecoveryReport), StoreError> {
+        Self::open_with(UringStorage, dir, options).await
+    }
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens the log through a given storage seam.
+    pub async fn open_with(
+        storage: S,
+        dir: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<(Log<S>, RecoveryReport), StoreError> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let (recovered, report) = crate::recovery::recover(&storage, &dir, &options).await?;
+        let next_offset = recovered.active.end_offset();
+        let state = State {
+            sealed: recovered.sealed,
+            next_offset,
+            written_offset: next_offset,
+            durable_offset: next_offset,
+            epoch_current: recovered.epoch_current,
+            poisoned: None,
+            rolling: false,
+            sync_in_flight: false,
+            write_id_next: 0,
+            checkpoint: CheckpointState {
+                file: recovered.checkpoint_file,
+                path: recovered.checkpoint_path,
+                sequence: recovered.checkpoint_sequence,
+                durable_position: recovered.tail.durable_position,
+                segment_base_offset: recovered.active.base_offset,
+                in_flight: false,
+            },
+            active: recovered.active,
+            tail: recovered.tail,
+            stats: Stats::default(),
+        };
+        let shared = Rc::new(Shared {
+            storage,
+            dir,
+            options: options.clone(),
+            state: RefCell::new(state),
+            changed: Notify::default(),
+        });
+        let log = Log { shared };
+        log.shared.write_checkpoint().await?;
+        if let Some(period) = options.background_period {
+            let weak = Rc::downgrade(&log.shared);
+            runtime::spawn_detached(background(weak, period));
+        }
+        info!(
+            dir = %log.shared.dir.display(),
+            next_offset,
+            elapsed_us = report.elapsed.as_micros() as u64,
+            "log opened"
+        );
+        Ok((log, report))
+    }
+
+    /// Appends a batch and returns its offsets once they are reserved and the frames are in the
+    /// tail buffer. It awaits only before reserving: for room under `unsynced_bytes_max` or for
+    /// a segment roll. A batch goes into one segment.
+    pub async fn append(&self, records: &[Record<'_>]) -> Result<Appended, StoreError> {
+        self.shared.append(records).await
+    }
+
+    /// Waits until the batch reaches `level` (or the highest level the policy gives) and returns
+    /// the level reached.
+    pub async fn wait(&self, appended: &Appended, level: Level) -> Result<Level, StoreError> {
+        self.shared.drive(appended.offsets.end, level, false).await
+    }
+
+    /// Appends and waits in one call.
+    pub async fn append_wait(
+        &self,
+        records: &[Record<'_>],
+        level: Level,
+    ) -> Result<(Appended, Level), StoreError> {
+        let appended = self.append(records).await?;
+        let reached = self.wait(&appended, level).await?;
+        Ok((appended, reached))
+    }
+
+    /// Writes and fdatasyncs everything appended so far, whatever the policy.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let end = self.shared.state.borrow().next_offset;
+        self.shared
+            .drive(end, Level::Fsynced, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Syncs, checkpoints and drops the log. Dropping a log without closing it loses only what
+    /// was not yet durable.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.sync().await?;
+        self.shared.write_checkpoint().await
+    }
+
+    /// Offset the next append gets.
+    pub fn next_offset(&self) -> u64 {
+        self.shared.state.borrow().next_offset
+    }
+
+    /// Every offset below this is written (survives a process crash).
+    pub fn written_offset(&self) -> u64 {
+        self.shared.state.borrow().written_offset
+    }
+
+    /// Every offset below this is fsynced (survives power loss).
+    pub fn durable_offset(&self) -> u64 {
+        self.shared.state.borrow().durable_offset
+    }
+
+    /// Lowest offset still stored.
+    pub fn first_offset(&self) -> u64 {
+        let state = self.shared.state.borrow();
+        state
+            .sealed
+            .values()
+            .next()
+            .map_or(state.active.base_offset, |segment| segment.base_offset)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.state.borrow().stats
+    }
+
+    /// The reason the log is poisoned, if it is.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.state.borrow().poisoned.clone()
+    }
+
+    /// Waits until `offset` lies below the chosen watermark. It does not drive writes itself.
+    pub async fn wait_for(&self, offset: u64, watermark: Watermark) -> Result<(), StoreError> {
+        loop {
+            let seen = self.shared.changed.generation();
+            {
+                let state = self.shared.state.borrow();
+                if let Some(cause) = &state.poisoned {
+                    return Err(StoreError::Poisoned {
+                        cause: cause.clone(),
+                    });
+                }
+                let mark = match watermark {
+                    Watermark::Written => state.written_offset,
+                    Watermark::Durable => state.durable_offset,
+                };
+                if offset < mark {
+                    return Ok(());
+                }
+            }
+            self.shared.changed.changed_since(seen).await;
+        }
+    }
+
+    /// Reads records from `from` upwards, below the chosen watermark, within the budget. Gaps
+    /// left by deleted segments are skipped: the returned offsets say where each record is.
+    pub async fn read(
+        &self,
+        from: u64,
+        limits: ReadLimits,
+        bound: Watermark,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.shared.read(from, limits, bound).await
+    }
+
+    /// Visits every record from the start up to the chosen watermark, in offset order, yielding
+    /// to other tasks between steps. For the broker's replay after a restart.
+    pub async fn scan(
+        &self,
+        bound: Watermark,
+        mut visit: impl FnMut(&StoredRecord),
+    ) -> Result<u64, StoreError> {
+        let mut cursor = self.first_offset();
+        let mut visited_count = 0u64;
+        let limits = ReadLimits {
+            records_max: SCAN_STEP_RECORDS,
+            bytes_max: 4 * 1024 * 1024,
+        };
+        loop {
+            let records = self.read(cursor, limits, bound).await?;
+            let Some(last) = records.last() else {
+                return Ok(visited_count);
+            };
+            cursor = last.offset + 1;
+            for record in &records {
+                visit(record);
+            }
+            visited_count += records.len() as u64;
+            runtime::yield_if_needed().await;
+        }
+    }
+
+    /// The first offset whose record may carry a timestamp at or after `timestamp_ms`, from the
+    /// time index: a starting point for a read by time (records before it are older).
+    pub fn offset_before_time(&self, timestamp_ms: u64) -> u64 {
+        let state = self.shared.state.borrow();
+        let mut start = state
+            .sealed
+            .values()
+            .next()
+            .map_or(state.active.base_offset, |s| s.base_offset);
+        for segment in state.sealed.values().chain(std::iter::once(&state.active)) {
+            if segment.record_count > 0 && segment.timestamp_ms_max < timestamp_ms {
+                start = segment.end_offset();
+                continue;
+            }
+            let indexed = segment.index.offset_before_time(timestamp_ms);
+            return indexed.unwrap_or(segment.base_offset).max(start);
+        }
+        start
+    }
+
+    /// Marks a record as no longer needed. A sealed segment whose records are all dead is deleted
+    /// (file removed, directory synced) before this returns; returns true when that happened.
+    /// Marking twice is harmless. Live counts are kept in memory only: after a restart every
+    /// record is live again and the caller re-marks during replay.
+    pub async fn mark_dead(&self, offset: u64) -> Result<bool, StoreError> {
+        let deletable = {
+            let mut state = self.shared.state.borrow_mut();
+            let state = &mut *state;
+            if offset >= state.active.base_offset && offset < state.next_offset {
+                state
+                    .active
+                    .live
+                    .mark_dead(offset - state.active.base_offset);
+                None
+            } else {
+                let segment = state
+                    .sealed
+                    .range_mut(..=offset)
+                    .next_back()
+                    .map(|(_, segment)| segment)
+                    .filter(|segment| offset < segment.end_offset());
+                match segment {
+                    None => None,
+                    Some(segment) => {
+                        segment.live.mark_dead(offset - segment.base_offset);
+                        (segment.live_count() == 0).then_some(segment.base_offset)
+                    }
+                }
+            }
+        };
+        match deletable {
+            Some(base_offset) => self.shared.delete_segment(base_offset).await.map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Live records of the segment with this base offset, or `None` if it is not stored.
+    pub fn live_count(&self, base_offset: u64) -> Option<u64> {
+        let state = self.shared.state.borrow();
+        if state.active.base_offset == base_offset {
+            return Some(state.active.live_count());
+        }
+        state.sealed.get(&base_offset).map(Segment::live_count)
+    }
+
+    /// Base offsets and live counts of the sealed segments, oldest first.
+    pub fn sealed_segments(&self) -> Vec<(u64, u64)> {
+        let state = self.shared.state.borrow();
+        state
+            .sealed
+            .values()
+            .map(|segment| (segment.base_offset, segment.live_count()))
+            .collect()
+    }
+
+    /// Copies the live records of a sealed segment to the head of the log, syncs the copies,
+    /// then marks the originals dead so the segment is deleted. Returns (old, new) offsets. The
+    /// caller must redirect its references; after a crash between the sync and the deletion
+    /// both copies exist, so a replaying caller must tolerate duplicates (the broker dedupes by
+    /// its per-queue sequence).
+    pub async fn copy_forward(&self, base_offset: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let end_offset = {
+            let state = self.shared.state.borrow();
+            let segment = state
+                .sealed
+                .get(&base_offset)
+                .ok_or(StoreError::SegmentNotSealed { base_offset })?;
+            segment.end_offset()
+        };
+        let mut live = Vec::new();
+        let mut cursor = base_offset;
+        let limits = ReadLimits {
+            records_max: SCAN_STEP_RECORDS,
+            bytes_max: 4 * 1024 * 1024,
+        };
+        while cursor < end_offset {
+            let records = self.read(cursor, limits, Watermark::Written).await?;
+            let Some(last) = records.last() else { break };
+            cursor = last.offset + 1;
+            let state = self.shared.state.borrow();
+            let Some(segment) = state.sealed.get(&base_offset) else {
+                break;
+            };
+            for record in records {
+                if record.offset < end_offset && !segment.live.is_dead(record.offset - base_offset)
+                {
+                    live.push(record);
+                }
+            }
+        }
+        let mut moved = Vec::with_capacity(live.len());
+        let capacity = self.shared.options.segment_capacity_bytes() / 2;
+        let mut start = 0;
+        while start < live.len() {
+            let mut batch_bytes = 0u64;
+            let mut end = start;
+            while end < live.len()
+                && (end == start || batch_bytes + frame_bytes(live[end].payload.len()) <= capacity)
+            {
+                batch_bytes += frame_bytes(live[end].payload.len());
+                end += 1;
+            }
+            let batch: Vec<Record<'_>> = live[start..end]
+                .iter()
+                .map(|record| Record {
+                    payload: &record.payload,
+                    timestamp_ms: record.timestamp_ms,
+                    flags: record.flags,
+                })
+                .collect();
+            let appended = self.append(&batch).await?;
+            for (record, new_offset) in live[start..end].iter().zip(appended.offsets.clone()) {
+                moved.push((record.offset, new_offset));
+            }
+            start = end;
+        }
+        self.sync().await?;
+        for &(old_offset, _) in &moved {
+            self.mark_dead(old_offset).await?;
+        }
+        if self.shared.state.borrow().sealed.contains_key(&base_offset) {
+            // Nothing was live (or all marks were repeats): the segment goes now.
+            self.shared.delete_segment(base_offset).await?;
+        }
+        Ok(moved)
+    }
+
+    /// Deletes whole sealed segments from the front as the rules demand. The active segment is
+    /// never deleted.
+    pub async fn apply_retention(
+        &self,
+        retention: &Retention,
+        now_ms: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport::default();
+        loop {
+            let victim = {
+                let state = self.shared.state.borrow();
+                let total_bytes: u64 = state
+                    .sealed
+                    .values()
+                    .map(|segment| segment.end_position)
+                    .sum::<u64>()
+                    + state.tail.end_position();
+                state.sealed.values().next().and_then(|oldest| {
+                    let below = retention
+                        .offset_min
+                        .is_some_and(|min| oldest.end_offset() <= min);
+                    let large = retention
+                        .total_bytes_max
+                        .is_some_and(|max| total_bytes > max);
+                    let old = retention.age_max.is_some_and(|age| {
+                        oldest
+                            .timestamp_ms_max
+                            .saturating_add(age.as_millis() as u64)
+                            < now_ms
+                    });
+                    (below || large || old).then_some((oldest.base_offset, oldest.end_position))
+                })
+            };
+            let Some((base_offset, bytes)) = victim else {
+                return Ok(report);
+            };
+            self.shared.delete_segment(base_offset).await?;
+            report.segments_deleted_count += 1;
+            report.bytes_deleted += bytes;
+        }
+    }
+}
+
+async fn background<S: Storage>(weak: Weak<Shared<S>>, period: Duration) {
+    let period = match weak.upgrade().map(|shared| shared.options.sync_policy) {
+        Some(SyncPolicy::Interval(interval)) => interval.min(period),
+        _ => period,
+    };
+    loop {
+        runtime::sleep(period).await;
+        let Some(shared) = weak.upgrade() else { return };
+        let (end, level) = {
+            let state = shared.state.borrow();
+            if state.poisoned.is_some() {
+                return;
+            }
+            let level = match shared.options.sync_policy {
+                SyncPolicy::Interval(_) => Level::Fsynced,
+                _ => Level::Written,
+            };
+            (state.next_offset, level)
+        };
+        // Errors poison the log inside `drive`; waiters see them.
+        let _ = shared.drive(end, level, level == Level::Fsynced).await;
+    }
+}
+
+impl<S: Storage> Shared<S> {
+    fn poison(&self, cause: String) {
+        let mut state = self.state.borrow_mut();
+        if state.poisoned.is_none() {
+            error!(dir = %self.dir.display(), cause = %cause, "log poisoned");
+            state.poisoned = Some(cause);
+        }
+        drop(state);
+        self.changed.notify();
+    }
+
+    fn check_poisoned(&self) -> Result<(), StoreError> {
+        match &self.state.borrow().poisoned {
+            Some(cause) => Err(StoreError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn append(&self, records: &[Record<'_>]) -> Result<Appended, StoreError> {
+        if records.is_empty() {
+            return Err(StoreError::EmptyBatch);
+        }
+        let mut batch_bytes = 0u64;
+        for record in records {
+            if record.payload.len() > self.options.max_payload_bytes {
+                return Err(StoreError::RecordTooLarge {
+                    payload_bytes: record.payload.len(),
+                    max_payload_bytes: self.options.max_payload_bytes,
+                });
+            }
+            batch_bytes += frame_bytes(record.payload.len());
+        }
+        let capacity_bytes = self.options.segment_capacity_bytes();
+        if batch_bytes > capacity_bytes {
+            return Err(StoreError::BatchTooLarge {
+                batch_bytes,
+                capacity_bytes,
+            });
+        }
+        loop {
+            self.check_poisoned()?;
+            let seen = self.changed.generation();
+            let (fits, unsynced_bytes, rolling, next_offset) = {
+                let state = self.state.borrow();
+                let end = state.tail.end_position();
+                let settled = match self.options.sync_policy {
+                    SyncPolicy::Os => state.tail.written_position,
+                    _ => state.tail.durable_position,
+                };
+                (
+                    end + batch_bytes <= self.options.segment_bytes,
+                    end - settled.min(end),
+                    state.rolling,
+                    state.next_offset,
+                )
+            };
+            if rolling {
+                self.changed.changed_since(seen).await;
+                continue;
+            }
+            if unsynced_bytes > 0 && unsynced_bytes + batch_bytes > self.options.unsynced_bytes_max
+            {
+                let level = match self.options.sync_policy {
+                    SyncPolicy::Os => Level::Written,
+                    _ => Level::Fsynced,
+                };
+                self.drive(next_offset, level, level == Level::Fsynced)
+                    .await?;
+                continue;
+            }
+            if !fits {
+                self.roll().await?;
+                continue;
+            }
+            return Ok(self.reserve(records));
+        }
+    }
+
+    /// Assigns offsets and encodes frames into the tail. No await: this is the reservation.
+    fn reserve(&self, records: &[Record<'_>]) -> Appended {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        let first_offset = state.next_offset;
+        let mut position = state.tail.end_position();
+        for record in records {
+            let header = RecordHeader {
+                payload_bytes: record.payload.len() as u32,
+                offset: state.next_offset,
+                epoch: state.active.epoch,
+                flags: record.flags,
+                timestamp_ms: record.timestamp_ms,
+            };
+            format::encode_record(&header, record.payload, &mut state.tail.bytes);
+            state
+                .active
+                .index
+                .observe(state.next_offset, position, record.timestamp_ms);
+            state.active.timestamp_ms_max = state.active.timestamp_ms_max.max(record.timestamp_ms);
+            position += frame_bytes(record.payload.len());
+            state.next_offset += 1;
+        }
+        state.active.record_count = state.next_offset - state.active.base_offset;
+        state.active.end_position = position;
+        debug_assert_eq!(position, state.tail.end_position());
+        state
+            .tail
+            .batch_ends
+            .push_back((position, state.next_offset));
+        Appended {
+            offsets: first_offset..state.next_offset,
+        }
+    }
+
+    /// Moves the pipeline until `end_offset` reaches `level` (or what the policy gives).
+    /// `force_sync` syncs even under `Os` and `Interval`.
+    async fn drive(
+        &self,
+        end_offset: u64,
+        level: Level,
+        force_sync: bool,
+    ) -> Result<Level, StoreError> {
+        if self.options.confirm_before_durable_for_tests && !force_sync {
+            self.check_poisoned()?;
+            return Ok(level);
+        }
+        loop {
+            let step = self.next_step(end_offset, level, force_sync)?;
+            match step {
+                Step::Done(reached) => return Ok(reached),
+                Step::Write(job) => self.run_write(job).await,
+                Step::Sync(file, target) => self.run_sync(file, target).await,
+                Step::Wait(seen) => self.changed.changed_since(seen).await,
+            }
+        }
+    }
+
+    fn next_step(
+        &self,
+        end_offset: u64,
+        level: Level,
+        force_sync: bool,
+    ) -> Result<Step<S::File>, StoreError> {
+        let seen = self.changed.generation();
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        if let Some(cause) = &state.poisoned {
+            return Err(StoreError::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if level == Level::Memory {
+            return Ok(Step::Done(Level::Memory));
+        }
+        if state.durable_offset >= end_offset {
+            return Ok(Step::Done(level));
+        }
+        if state.written_offset < end_offset {
+            return Ok(match self.try_submit_write(state) {
+                Some(job) => Step::Write(job),
+                None => Step::Wait(seen),
+            });
+        }
+        if level == Level::Written {
+            return Ok(Step::Done(Level::Written));
+        }
+        match self.options.sync_policy {
+            SyncPolicy::Os if !force_sync => return Ok(Step::Done(Level::Written)),
+            SyncPolicy::Interval(_) if !force_sync => return Ok(Step::Wait(seen)),
+            _ => {}
+        }
+        if state.sync_in_flight {
+            return Ok(Step::Wait(seen));
+        }
+        state.sync_in_flight = true;
+        let target = SyncTarget {
+            segment_base_offset: state.active.base_offset,
+            position: state.tail.written_boundary_position,
+            offset: state.written_offset,
+        };
+        Ok(Step::Sync(state.active.file.clone(), target))
+    }
+
+    /// Starts a write of the unsubmitted tail if no write in flight covers its first block.
+    fn try_submit_write(&self, state: &mut State<S>) -> Option<WriteJob<S::File>> {
+        let tail = &mut state.tail;
+        let end = tail.end_position();
+        if tail.submitted_position >= end {
+            return None;
+        }
+        let block_start = align_down(tail.submitted_position);
+        if tail
+            .in_flight
+            .iter()
+            .any(|write| !write.done && write.block_end > block_start)
+        {
+            return None;
+        }
+        let data_end = end.min(block_start + self.options.write_bytes_max);
+        let block_end = align_up(data_end);
+        let id = state.write_id_next;
+        state.write_id_next += 1;
+        tail.submitted_position = data_end;
+        tail.in_flight.push_back(InFlight {
+            id,
+            block_end,
+            data_end,
+            done: false,
+        });
+        Some(WriteJob {
+            id,
+            file: state.active.file.clone(),
+            path: state.active.path.clone(),
+            position: block_start,
+            segment_base_offset: state.active.base_offset,
+        })
+    }
+
+    /// Copies `[position, end of the write)` from the tail into a fresh, zero-padded buffer.
+    fn fill_buffer(&self, id: u64, position: u64) -> Option<S::Buffer> {
+        let state = self.state.borrow();
+        let write = state.tail.in_flight.iter().find(|write| write.id == id)?;
+        let mut buffer = self
+            .storage
+            .alloc_buffer((write.block_end - position) as usize);
+        let from = (position - state.tail.position) as usize;
+        let to = (write.data_end - state.tail.position) as usize;
+        buffer[..to - from].copy_from_slice(&state.tail.bytes[from..to]);
+        Some(buffer)
+    }
+
+    async fn run_write(&self, job: WriteJob<S::File>) {
+        let mut position = job.position;
+        let block_end = {
+            let state = self.state.borrow();
+            state
+                .tail
+                .in_flight
+                .iter()
+                .find(|write| write.id == job.id)
+                .map(|write| write.block_end)
+        };
+        let Some(block_end) = block_end else { return };
+        let result = loop {
+            let Some(buffer) = self.fill_buffer(job.id, position) else {
+                return;
+            };
+            let len = buffer.len() as u64;
+            match job.file.write_at(buffer, position).await {
+                Ok(written) if written as u64 == len => break Ok(()),
+                Ok(written) if written > 0 && (written as u64).is_multiple_of(BLOCK_BYTES) => {
+                    debug!(position, written, "short direct write continued");
+                    position += written as u64;
+                    debug_assert!(position < block_end);
+                }
+                Ok(written) => {
+                    break Err(io::Error::other(format!(
+                        "short write of {written} bytes out of {len}"
+                    )));
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        match result {
+            Ok(()) => self.complete_write(&job, block_end - job.position),
+            Err(error) => {
+                self.poison(StoreError::io("write", &job.path, Some(position), error).to_string())
+            }
+        }
+    }
+
+    fn complete_write(&self, job: &WriteJob<S::File>, bytes: u64) {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        state.stats.writes_count += 1;
+        state.stats.written_bytes += bytes;
+        if state.active.base_offset != job.segment_base_offset {
+            return;
+        }
+        let tail = &mut state.tail;
+        if let Some(write) = tail.in_flight.iter_mut().find(|write| write.id == job.id) {
+            write.done = true;
+        }
+        while let Some(front) = tail.in_flight.front().copied() {
+            if !front.done {
+                break;
+            }
+            tail.written_position = tail.written_position.max(front.data_end);
+            tail.in_flight.pop_front();
+        }
+        while let Some(&(end_position, next_offset)) = tail.batch_ends.front() {
+            if end_position > tail.written_position {
+                break;
+            }
+            tail.written_boundary_position = end_position;
+            state.written_offset = next_offset;
+            tail.batch_ends.pop_front();
+        }
+        // Keep the block that later writes will rewrite; drop everything before it.
+        let keep_from = align_down(tail.written_position.min(tail.submitted_position));
+        if keep_from > tail.position {
+            tail.bytes.drain(..(keep_from - tail.position) as usize);
+            tail.position = keep_from;
+        }
+        drop(guard);
+        self.changed.notify();
+    }
+
+    async fn run_sync(&self, file: Rc<S::File>, target: SyncTarget) {
+        let result = file.fdatasync().await;
+        let checkpoint_due = {
+            let mut guard = self.state.borrow_mut();
+            let state = &mut *guard;
+            state.sync_in_flight = false;
+            if let Err(error) = result {
+                let path = if state.active.base_offset == target.segment_base_offset {
+                    state.active.path.clone()
+                } else {
+                    self.dir.clone()
+                };
+                drop(guard);
+                self.poison(StoreError::io("fdatasync", path, None, error).to_string());
+                return;
+            }
+            if state.poisoned.is_some() {
+                false
+            } else {
+                state.stats.syncs_count += 1;
+                if target.offset > state.durable_offset {
+                    state.stats.synced_records_count += target.offset - state.durable_offset;
+                    state.durable_offset = target.offset;
+                }
+                if state.active.base_offset == target.segment_base_offset {
+                    state.tail.durable_position = state.tail.durable_position.max(target.position);
+                }
+                let checkpoint = &state.checkpoint;
+                checkpoint.segment_base_offset != state.active.base_offset
+                    || state.tail.durable_position
+                        >= checkpoint.durable_position + self.options.checkpoint_every_bytes
+            }
+        };
+        self.changed.notify();
+        if checkpoint_due {
+            // A failure poisons the log; the waiters of this sync were already answered.
+            let _ = self.write_checkpoint().await;
+        }
+    }
+
+    /// Records the durable offset in the checkpoint file (alternating slots) and syncs it.
+    async fn write_checkpoint(&self) -> Result<(), StoreError> {
+        let (file, path, buffer, slot_position, checkpoint) = {
+            let mut state = self.state.borrow_mut();
+            if state.checkpoint.in_flight {
+                return Ok(());
+            }
+            if let Some(cause) = &state.poisoned {
+                return Err(StoreError::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            state.checkpoint.in_flight = true;
+            let checkpoint = Checkpoint {
+                epoch_max: state.epoch_current,
+                sequence: state.checkpoint.sequence + 1,
+                durable_offset: state.durable_offset,
+                segment_base_offset: state.active.base_offset,
+                position: state.tail.durable_position,
+            };
+            let mut buffer = self.storage.alloc_buffer(CHECKPOINT_SLOT_BYTES as usize);
+            format::encode_checkpoint(&checkpoint, &mut buffer);
+            let slot_position = (checkpoint.sequence % 2) * CHECKPOINT_SLOT_BYTES;
+            (
+                state.checkpoint.file.clone(),
+                state.checkpoint.path.clone(),
+                buffer,
+                slot_position,
+                checkpoint,
+            )
+        };
+        let result = match file.write_at(buffer, slot_position).await {
+            Ok(written) if written as u64 == CHECKPOINT_SLOT_BYTES => file.fdatasync().await,
+            Ok(written) => Err(io::Error::other(format!(
+                "short checkpoint write of {written}"
+            ))),
+            Err(error) => Err(error),
+        };
+        let mut state = self.state.borrow_mut();
+        state.checkpoint.in_flight = false;
+        match result {
+            Ok(()) => {
+                state.checkpoint.sequence = checkpoint.sequence;
+                state.checkpoint.durable_position = checkpoint.position;
+                state.checkpoint.segment_base_offset = checkpoint.segment_base_offset;
+                state.stats.checkpoints_count += 1;
+                Ok(())
+            }
+            Err(error) => {
+                drop(state);
+                let error = StoreError::io("checkpoint", path, Some(slot_position), error);
+                self.poison(error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Seals the active segment and starts a new one. Appenders wait meanwhile. The new file is
+    /// created and preallocated first, so that a full disk fails cleanly with the old segment
+    /// still active; then the old segment is written, synced and sealed, the directory synced,
+    /// and the checkpoint moved.
+    async fn roll(&self) -> Result<(), StoreError> {
+        {
+            let mut state = self.state.borrow_mut();
+            if state.rolling {
+                return Ok(());
+            }
+            state.rolling = true;
+        }
+        let result = self.roll_inner().await;
+        self.state.borrow_mut().rolling = false;
+        self.changed.notify();
+        result
+    }
+
+    async fn roll_inner(&self) -> Result<(), StoreError> {
+        let (base_offset, epoch) = {
+            let state = self.state.borrow();
+            (state.next_offset, state.epoch_current)
+        };
+        let path = self.dir.join(format::segment_file_name(base_offset));
+        let file =
+            crate::recovery::create_segment_file(&self.storage, &path, &self.options).await?;
+
+        self.drive(base_offset, Level::Fsynced, true).await?;
+        let (old_file, old_path, seal_header) = {
+            let state = self.state.borrow();
+            let active = &state.active;
+            let header = SegmentHeader {
+                epoch: active.epoch,
+                base_offset: active.base_offset,
+                created_ms: active.created_ms,
+                seal: Some(Seal {
+                    record_count: active.record_count,
+                    end_position: state.tail.end_position(),
+                    timestamp_ms_max: active.timestamp_ms_max,
+                }),
+            };
+            (active.file.clone(), active.path.clone(), header)
+        };
+        let mut block = self
+            .storage
+            .alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
+        format::encode_segment_header(&seal_header, &mut block);
+        let sealed = match old_file.write_at(block, 0).await {
+            Ok(written) if written as u64 == SEGMENT_HEADER_BLOCK_BYTES => {
+                old_file.fdatasync().await
+            }
+            Ok(written) => Err(io::Error::other(format!("short seal write of {written}"))),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sealed {
+            let error = StoreError::io("seal", &old_path, Some(0), error);
+            self.poison(error.to_string());
+            return Err(error);
+        }
+        if let Err(error) = self.storage.sync_dir(&self.dir).await {
+            let error = StoreError::io("directory fsync", &self.dir, None, error);
+            self.poison(error.to_string());
+            return Err(error);
+        }
+
+        let created_ms = now_ms();
+        let emptied = {
+            let mut state = self.state.borrow_mut();
+            let state = &mut *state;
+            let mut header_block = vec![0u8; SEGMENT_HEADER_BLOCK_BYTES as usize];
+            let header = SegmentHeader {
+                epoch,
+                base_offset,
+                created_ms,
+                seal: None,
+            };
+            format::encode_segment_header(&header, &mut header_block);
+            let new_tail = Tail {
+                bytes: header_block,
+                position: 0,
+                submitted_position: 0,
+                written_position: 0,
+                in_flight: VecDeque::new(),
+                batch_ends: VecDeque::new(),
+                written_boundary_position: 0,
+                durable_position: 0,
+            };
+            let old_tail = std::mem::replace(&mut state.tail, new_tail);
+            let new_active = Segment {
+                base_offset,
+                epoch,
+                path: path.clone(),
+                file: Rc::new(file),
+                created_ms,
+                record_count: 0,
+                end_position: SEGMENT_HEADER_BLOCK_BYTES,
+                timestamp_ms_max: 0,
+                index: SegmentIndex::default(),
+                live: LiveSet::default(),
+                map: None,
+            };
+            let mut old = std::mem::replace(&mut state.active, new_active);
+            old.end_position = old_tail.end_position();
+            old.map = old
+                .file
+                .raw_fd()
+                .and_then(|fd| mapped::map_sealed(fd, old.end_position).ok())
+                .map(Rc::new);
+            state.stats.segments_rolled_count += 1;
+            let emptied = (old.live_count() == 0).then_some(old.base_offset);
+            state.sealed.insert(old.base_offset, old);
+            emptied
+        };
+        info!(segment = %path.display(), base_offset, "segment rolled");
+        self.write_checkpoint().await?;
+        if let Some(base_offset) = emptied {
+            self.delete_segment(base_offset).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a sealed segment: forget it, unlink it, sync the directory. Idempotent: a file
+    /// that is already gone counts as removed.
+    async fn delete_segment(&self, base_offset: u64) -> Result<(), StoreError> {
+        let segment = self.state.borrow_mut().sealed.remove(&base_offset);
+        let Some(segment) = segment else {
+            return Ok(());
+        };
+        let path = segment.path.clone();
+        drop(segment);
+        match self.storage.remove_file(&path).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(StoreError::io("remove segment", &path, None, error)),
+        }
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|error| StoreError::io("directory fsync", &self.dir, None, error))?;
+        self.state.borrow_mut().stats.segments_deleted_count += 1;
+        info!(segment = %path.display(), base_offset, "segment deleted");
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        from: u64,
+        limits: ReadLimits,
+        bound: Watermark,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut records = Vec::new();
+        let mut bytes_total = 0usize;
+        let mut cursor = from;
+        loop {
+            let plan = {
+                let state = self.state.borrow();
+                let upper = match bound {
+                    Watermark::Written => state.written_offset,
+                    Watermark::Durable => state.durable_offset,
+                };
+                let budget_left = records.len() < limits.records_max
+                    && (records.is_empty() || bytes_total < limits.bytes_max);
+                if cursor >= upper || !budget_left {
+                    return Ok(records);
+                }
+                match locate(&state, cursor) {
+                    None => return Ok(records),
+                    Some(plan) => ReadPlan {
+                        end_offset: plan.end_offset.min(upper),
+                        ..plan
+                    },
+                }
+            };
+            cursor = cursor.max(plan.base_offset);
+            if cursor >= plan.end_offset {
+                cursor = plan.segment_end_offset;
+                continue;
+            }
+            let next = self
+                .read_segment(&plan, cursor, limits, &mut records, &mut bytes_total)
+                .await?;
+            cursor = next;
+            if cursor < plan.end_offset {
+                // Budget exhausted inside this segment.
+                return Ok(records);
+            }
+            if plan.end_offset < plan.segment_end_offset {
+                // The watermark stops us inside this segment.
+                return Ok(records);
+            }
+        }
+    }
+
+    /// Reads records `cursor..plan.end_offset` of one segment into `records` within the budget.
+    /// Returns the next offset to read.
+    async fn read_segment(
+        &self,
+        plan: &ReadPlan,
+        cursor: u64,
+        limits: ReadLimits,
+        records: &mut Vec<StoredRecord>,
+        bytes_total: &mut usize,
+    ) -> Result<u64, StoreError> {
+        let mut scanner = Scanner::new(
+            plan.start_offset,
+            plan.epoch,
+            self.options.max_payload_bytes,
+            plan.start_position,
+        );
+        let mut want = READ_WINDOW_BYTES_MIN.max(limits.bytes_max.min(4 * 1024 * 1024));
+        loop {
+            let position = scanner.position();
+            let Some(window) = self.fetch(plan.base_offset, position, want).await? else {
+                return Ok(plan.segment_end_offset);
+            };
+            let mut done = false;
+            let need = scanner.feed(&window, |scanned, payload| {
+                let offset = scanned.header.offset;
+                if done || offset >= plan.end_offset {
+                    done = true;
+                    return;
+                }
+                if offset < cursor {
+                    return;
+                }
+                let budget_left = records.len() < limits.records_max
+                    && (records.is_empty() || *bytes_total < limits.bytes_max);
+                if !budget_left {
+                    done = true;
+                    return;
+                }
+                *bytes_total += payload.len();
+                records.push(StoredRecord {
+                    offset,
+                    timestamp_ms: scanned.header.timestamp_ms,
+                    flags: scanned.header.flags,
+                    payload: payload.to_vec(),
+                });
+            });
+            let next = records
+                .last()
+                .map_or(cursor, |record| (record.offset + 1).max(cursor));
+            if done {
+                return Ok(next);
+            }
+            if scanner.next_offset() >= plan.end_offset {
+                return Ok(plan.end_offset.max(next));
+            }
+            match need {
+                None => {
+                    let fault = scanner
+                        .fault()
+                        .map_or("unknown".to_string(), |f| f.describe());
+                    let (offset, at) = (scanner.next_offset(), scanner.position());
+                    return Err(self.corrupt(plan, offset, at, &fault));
+                }
+                Some(_) if scanner.position() > position => {
+                    want = READ_WINDOW_BYTES_MIN.max(limits.bytes_max.min(4 * 1024 * 1024));
+                }
+                Some(frame_bytes) => {
+                    // No whole frame in the window: it was too small, or the data ends.
+                    if position + frame_bytes as u64 > plan.data_end_position || want >= frame_bytes
+                    {
+                        let offset = scanner.next_offset();
+                        let reason = "record runs past the end of the data";
+                        return Err(self.corrupt(plan, offset, position, reason));
+                    }
+                    want = frame_bytes;
+                }
+            }
+        }
+    }
+
+    fn corrupt(&self, plan: &ReadPlan, offset: u64, position: u64, reason: &str) -> StoreError {
+        warn!(segment = %plan.path.display(), offset, position, reason, "read found a bad record");
+        StoreError::Corrupt {
+            segment: plan.path.clone(),
+            offset: Some(offset),
+            position,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Bytes `[position, position + len)` of a segment, clamped to its data. Active-segment bytes
+    /// in the tail come from memory; resident pages of a sealed map from the map; the rest from a
+    /// direct read. `None` when the segment is gone.
+    async fn fetch(
+        &self,
+        base_offset: u64,
+        position: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (file, path, len) = {
+            let state = self.state.borrow();
+            let (segment, tail) = if state.active.base_offset == base_offset {
+                (&state.active, Some(&state.tail))
+            } else {
+                match state.sealed.get(&base_offset) {
+                    Some(segment) => (segment, None),
+                    None => return Ok(None),
+                }
+            };
+            let end = match tail {
+                Some(tail) => tail.end_position(),
+                None => segment.end_position,
+            };
+            let len = (len as u64).min(end.saturating_sub(position)) as usize;
+            if let Some(tail) = tail
+                && position >= tail.position
+            {
+                let from = (position - tail.position) as usize;
+                return Ok(Some(tail.bytes[from..from + len].to_vec()));
+            }
+            if let Some(map) = &segment.map
+                && mapped::is_resident(map, position as usize, len)
+            {
+                return Ok(Some(
+                    map[position as usize..position as usize + len].to_vec(),
+                ));
+            }
+            (segment.file.clone(), segment.path.clone(), len)
+        };
+        let bytes = file
+            .read_at(position, len)
+            .await
+            .map_err(|error| StoreError::io("read", path, Some(position), error))?;
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+/// Where a read of one segment starts and stops.
+struct ReadPlan {
+    base_offset: u64,
+    epoch: u32,
+    path: PathBuf,
+    start_offset: u64,
+    start_position: u64,
+    /// Read below this offset (segment end or watermark).
+    end_offset: u64,
+    segment_end_offset: u64,
+    data_end_position: u64,
+}
+
+/// Picks the segment holding `offset`, or the next one after a gap.
+fn locate<S: Storage>(state: &State<S>, offset: u64) -> Option<ReadPlan> {
+    let in_sealed = state
+        .sealed
+        .range(..=offset)
+        .next_back()
+        .map(|(_, segment)| segment)
+        .filter(|segment| offset < segment.end_offset());
+    let after = || {
+        state
+            .sealed
+            .range(offset..)
+            .map(|(_, segment)| segment)
+            .find(|segment| segment.record_count > 0)
+    };
+    let (segment, data_end_position) = match in_sealed.or_else(after) {
+        Some(segment) => (segment, segment.end_position),
+        None if offset < state.active.end_offset() => (&state.active, state.tail.end_position()),
+        None => return None,
+    };
+    let target = offset.max(segment.base_offset);
+    let (start_offset, start_position) = segment
+        .index
+        .floor(target)
+        .unwrap_or((segment.base_offset, SEGMENT_HEADER_BLOCK_BYTES));
+    Some(ReadPlan {
+        base_offset: segment.base_offset,
+        epoch: segment.epoch,
+        path: segment.path.clone(),
+        start_offset,
+        start_position,
+        end_offset: segment.end_offset(),
+        segment_end_offset: segment.end_offset(),
+        data_end_position,
+    })
+}
+
+/// Bytes a record of this payload adds to a segment.
+pub fn record_bytes(payload_bytes: usize) -> u64 {
+    (RECORD_HEADER_BYTES + payload_bytes) as u64
+}

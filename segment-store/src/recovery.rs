@@ -1,0 +1,544 @@
+//! Opening a log: find the segments, check every record, cut a torn tail, refuse damage.
+//!
+//! The rules, with the last durable point read from the checkpoint:
+//! - A sealed segment must hold exactly the records its header promises, all valid: it was synced
+//!   before it was sealed, so anything else is damage and refuses the open.
+//! - Only the last segment may be unsealed. Its records are read until the first frame that does
+//!   not validate (zeros, a torn or stale frame, a hole). If that point lies below the durable
+//!   offset, the open is refused with the segment and offset; above it, the rest of the file is
+//!   cut (truncated and preallocated again, so no stale byte survives) and the number of non-zero
+//!   bytes dropped is logged. Valid records after a hole are dropped with it: none of them was
+//!   ever confirmed durable, because the durable watermark is a contiguous prefix.
+//! - A last segment whose header never reached the disk holds no durable record; it is removed.
+//! - Fewer records than the checkpoint says are durable refuses the open.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use crate::error::StoreError;
+use crate::format::{
+    self, BLOCK_BYTES, CHECKPOINT_FILE_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, Fault,
+    SEGMENT_HEADER_BLOCK_BYTES, SegmentHeader, align_down,
+};
+use crate::io::{Storage, StorageFile};
+use crate::log::{Options, Recovered, RecoveryReport, Segment, Tail, now_ms};
+use crate::mapped;
+use crate::runtime;
+use crate::segment::{LiveSet, Scanner, SegmentIndex};
+
+/// Recovery reads segments in pieces of this size.
+const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+const CHECKPOINT_FILE_NAME: &str = "checkpoint";
+
+/// Creates and preallocates a segment file. A full disk removes the file again and reports
+/// `NoSpace`, which does not poison the log.
+pub(crate) async fn create_segment_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    options: &Options,
+) -> Result<S::File, StoreError> {
+    let file = storage
+        .create_file(path)
+        .await
+        .map_err(|error| StoreError::io("create segment", path, None, error))?;
+    if let Err(error) = file.preallocate(options.segment_bytes).await {
+        drop(file);
+        let _ = storage.remove_file(path).await;
+        let no_space = error.raw_os_error() == Some(libc::ENOSPC)
+            || error.kind() == io::ErrorKind::StorageFull;
+        if no_space {
+            warn!(segment = %path.display(), bytes = options.segment_bytes, "no space for segment");
+            return Err(StoreError::NoSpace {
+                path: path.to_path_buf(),
+                requested_bytes: options.segment_bytes,
+            });
+        }
+        return Err(StoreError::io("preallocate", path, None, error));
+    }
+    Ok(file)
+}
+
+struct ScanOutcome {
+    next_offset: u64,
+    end_position: u64,
+    fault: Fault,
+    index: SegmentIndex,
+    timestamp_ms_max: u64,
+}
+
+/// Reads records from the first record position up to `limit_position`.
+async fn scan_segment<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    header: &SegmentHeader,
+    limit_position: u64,
+    options: &Options,
+) -> Result<ScanOutcome, StoreError> {
+    let mut scanner = Scanner::new(
+        header.base_offset,
+        header.epoch,
+        options.max_payload_bytes,
+        SEGMENT_HEADER_BLOCK_BYTES,
+    );
+    let mut index = SegmentIndex::default();
+    let mut timestamp_ms_max = 0u64;
+    let mut carry: Vec<u8> = Vec::new();
+    let mut read_position = SEGMENT_HEADER_BLOCK_BYTES;
+    loop {
+        if read_position >= limit_position {
+            scanner.end_of_data();
+            break;
+        }
+        let len = (SCAN_CHUNK_BYTES as u64).min(limit_position - read_position) as usize;
+        let chunk = file
+            .read_at(read_position, len)
+            .await
+            .map_err(|error| StoreError::io("read", path, Some(read_position), error))?;
+        if chunk.is_empty() {
+            scanner.end_of_data();
+            break;
+        }
+        read_position += chunk.len() as u64;
+        carry.extend_from_slice(&chunk);
+        let window_start = scanner.position();
+        scanner.feed(&carry, |scanned, _| {
+            index.observe(
+                scanned.header.offset,
+                scanned.position,
+                scanned.header.timestamp_ms,
+            );
+            timestamp_ms_max = timestamp_ms_max.max(scanned.header.timestamp_ms);
+        });
+        if scanner.fault().is_some() {
+            break;
+        }
+        carry.drain(..(scanner.position() - window_start) as usize);
+        runtime::yield_if_needed().await;
+    }
+    Ok(ScanOutcome {
+        next_offset: scanner.next_offset(),
+        end_position: scanner.position(),
+        fault: scanner.fault().unwrap_or(Fault::Short),
+        index,
+        timestamp_ms_max,
+    })
+}
+
+fn corrupt(path: &Path, offset: Option<u64>, position: u64, reason: String) -> StoreError {
+    StoreError::Corrupt {
+        segment: path.to_path_buf(),
+        offset,
+        position,
+        reason,
+    }
+}
+
+async fn open_checkpoint<S: Storage>(
+    storage: &S,
+    dir: &Path,
+) -> Result<(S::File, PathBuf, Option<Checkpoint>), StoreError> {
+    let path = dir.join(CHECKPOINT_FILE_NAME);
+    let names = storage
+        .list_dir(dir)
+        .await
+        .map_err(|error| StoreError::io("list directory", dir, None, error))?;
+    if !names.iter().any(|name| name == CHECKPOINT_FILE_NAME) {
+        let file = storage
+            .create_file(&path)
+            .await
+            .map_err(|error| StoreError::io("create checkpoint", &path, None, error))?;
+        file.preallocate(CHECKPOINT_FILE_BYTES)
+            .await
+            .map_err(|error| StoreError::io("preallocate", &path, None, error))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(|error| StoreError::io("directory fsync", dir, None, error))?;
+        return Ok((file, path, None));
+    }
+    let file = storage
+        .open_file(&path)
+        .await
+        .map_err(|error| StoreError::io("open checkpoint", &path, None, error))?;
+    let bytes = file
+        .read_at(0, CHECKPOINT_FILE_BYTES as usize)
+        .await
+        .map_err(|error| StoreError::io("read checkpoint", &path, Some(0), error))?;
+    let mut best: Option<Checkpoint> = None;
+    for slot in 0..2u64 {
+        let start = (slot * CHECKPOINT_SLOT_BYTES) as usize;
+        let end = (start + CHECKPOINT_SLOT_BYTES as usize).min(bytes.len());
+        if start >= end {
+            continue;
+        }
+        match format::decode_checkpoint(&bytes[start..end]) {
+            Ok(checkpoint) => {
+                if best.is_none_or(|best| checkpoint.sequence > best.sequence) {
+                    best = Some(checkpoint);
+                }
+            }
+            Err(Fault::Zero) => {}
+            Err(fault) => {
+                warn!(path = %path.display(), slot, fault = %fault.describe(), "checkpoint slot unreadable");
+            }
+        }
+    }
+    Ok((file, path, best))
+}
+
+/// Runs recovery on `dir` and returns the state a log starts from.
+pub(crate) async fn recover<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    options: &Options,
+) -> Result<(Recovered<S::File>, RecoveryReport), StoreError> {
+    let started = Instant::now();
+    storage
+        .create_dir_all(dir)
+        .await
+        .map_err(|error| StoreError::io("create directory", dir, None, error))?;
+    storage
+        .check_directory(dir)
+        .await
+        .map_err(|error| StoreError::Unsupported {
+            path: dir.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+    let (checkpoint_file, checkpoint_path, checkpoint) = open_checkpoint(storage, dir).await?;
+    let durable_offset = checkpoint.map_or(0, |checkpoint| checkpoint.durable_offset);
+    let mut report = RecoveryReport {
+        checkpoint_offset: durable_offset,
+        ..Default::default()
+    };
+
+    let names = storage
+        .list_dir(dir)
+        .await
+        .map_err(|error| StoreError::io("list directory", dir, None, error))?;
+    let mut bases: Vec<u64> = names
+        .iter()
+        .filter_map(|name| format::parse_segment_file_name(name))
+        .collect();
+    bases.sort_unstable();
+
+    let mut epoch_max = checkpoint.map_or(0, |checkpoint| checkpoint.epoch_max);
+    let mut sealed: BTreeMap<u64, Segment<S::File>> = BTreeMap::new();
+    let mut active: Option<(Segment<S::File>, Tail)> = None;
+    let mut next_offset = 0u64;
+    for (position_in_list, &base_offset) in bases.iter().enumerate() {
+        let last = position_in_list + 1 == bases.len();
+        let path = dir.join(format::segment_file_name(base_offset));
+        let file = storage
+            .open_file(&path)
+            .await
+            .map_err(|error| StoreError::io("open segment", &path, None, error))?;
+        let file_bytes = file
+            .size()
+            .await
+            .map_err(|error| StoreError::io("stat", &path, None, error))?;
+        let header_bytes = file
+            .read_at(0, SEGMENT_HEADER_BLOCK_BYTES as usize)
+            .await
+            .map_err(|error| StoreError::io("read", &path, Some(0), error))?;
+        let header = match format::decode_segment_header(&header_bytes) {
+            Ok(header) => header,
+            Err(fault) if last && base_offset >= durable_offset => {
+                warn!(segment = %path.display(), fault = %fault.describe(), "unstarted segment removed");
+                drop(file);
+                storage
+                    .remove_file(&path)
+                    .await
+                    .map_err(|error| StoreError::io("remove segment", &path, None, error))?;
+                storage
+                    .sync_dir(dir)
+                    .await
+                    .map_err(|error| StoreError::io("directory fsync", dir, None, error))?;
+                report.removed_files.push(path);
+                continue;
+            }
+            Err(fault) => {
+                return Err(corrupt(
+                    &path,
+                    None,
+                    0,
+                    format!("segment header: {}", fault.describe()),
+                ));
+            }
+        };
+        if header.base_offset != base_offset {
+            let reason = format!("header names base offset {}", header.base_offset);
+            return Err(corrupt(&path, None, 0, reason));
+        }
+        if base_offset < next_offset {
+            let reason = format!("overlaps the previous segment, which ends at {next_offset}");
+            return Err(corrupt(&path, Some(base_offset), 0, reason));
+        }
+        epoch_max = epoch_max.max(header.epoch);
+
+        if let Some(seal) = header.seal {
+            if seal.end_position > file_bytes {
+                let reason = format!(
+                    "sealed end {} beyond file size {file_bytes}",
+                    seal.end_position
+                );
+                return Err(corrupt(&path, None, 0, reason));
+            }
+            let scan = scan_segment(&file, &path, &header, seal.end_position, options).await?;
+            let expected_end = base_offset + seal.record_count;
+            if scan.next_offset != expected_end || scan.end_position != seal.end_position {
+                let reason = format!(
+                    "sealed segment promises offsets up to {expected_end} ending at byte {}; \
+                     found a {} there",
+                    seal.end_position,
+                    scan.fault.describe()
+                );
+                return Err(corrupt(
+                    &path,
+                    Some(scan.next_offset),
+                    scan.end_position,
+                    reason,
+                ));
+            }
+            let map = file
+                .raw_fd()
+                .and_then(|fd| mapped::map_sealed(fd, seal.end_position).ok())
+                .map(Rc::new);
+            report.records_count += seal.record_count;
+            next_offset = expected_end;
+            sealed.insert(
+                base_offset,
+                Segment {
+                    base_offset,
+                    epoch: header.epoch,
+                    path,
+                    file: Rc::new(file),
+                    created_ms: header.created_ms,
+                    record_count: seal.record_count,
+                    end_position: seal.end_position,
+                    timestamp_ms_max: seal.timestamp_ms_max.max(scan.timestamp_ms_max),
+                    index: scan.index,
+                    live: LiveSet::default(),
+                    map,
+                },
+            );
+            continue;
+        }
+
+        if !last {
+            return Err(corrupt(
+                &path,
+                None,
+                0,
+                "unsealed segment followed by another".into(),
+            ));
+        }
+        let scan = scan_segment(&file, &path, &header, file_bytes, options).await?;
+        if scan.next_offset < durable_offset {
+            let reason = format!(
+                "{} below the durable offset {durable_offset}",
+                scan.fault.describe()
+            );
+            warn!(segment = %path.display(), offset = scan.next_offset, position = scan.end_position,
+                  "damage below the durable point");
+            return Err(corrupt(
+                &path,
+                Some(scan.next_offset),
+                scan.end_position,
+                reason,
+            ));
+        }
+        let dropped_bytes =
+            cut_torn_tail(&file, &path, scan.end_position, file_bytes, options).await?;
+        if dropped_bytes > 0 {
+            warn!(
+                segment = %path.display(),
+                offset = scan.next_offset,
+                position = scan.end_position,
+                dropped_bytes,
+                "torn tail truncated"
+            );
+            report.truncated_bytes = dropped_bytes;
+            report.truncated_at = Some((path.clone(), scan.next_offset, scan.end_position));
+        }
+        let block_start = align_down(scan.end_position);
+        let partial = file
+            .read_at(block_start, (scan.end_position - block_start) as usize)
+            .await
+            .map_err(|error| StoreError::io("read", &path, Some(block_start), error))?;
+        if partial.len() as u64 != scan.end_position - block_start {
+            return Err(corrupt(
+                &path,
+                None,
+                block_start,
+                "short read of the tail block".into(),
+            ));
+        }
+        let tail = Tail::resume(scan.end_position, partial.to_vec());
+        report.records_count += scan.next_offset - base_offset;
+        next_offset = scan.next_offset;
+        let segment = Segment {
+            base_offset,
+            epoch: header.epoch,
+            path,
+            file: Rc::new(file),
+            created_ms: header.created_ms,
+            record_count: scan.next_offset - base_offset,
+            end_position: scan.end_position,
+            timestamp_ms_max: scan.timestamp_ms_max,
+            index: scan.index,
+            live: LiveSet::default(),
+            map: None,
+        };
+        active = Some((segment, tail));
+    }
+
+    if next_offset < durable_offset {
+        let path = bases.last().map_or(dir.to_path_buf(), |&base| {
+            dir.join(format::segment_file_name(base))
+        });
+        let reason = format!(
+            "log ends at {next_offset} but offsets below {durable_offset} were confirmed durable"
+        );
+        return Err(corrupt(&path, Some(next_offset), 0, reason));
+    }
+    let epoch_current = epoch_max.saturating_add(1).max(options.epoch_floor);
+    let (active, tail) = match active {
+        Some(active) => active,
+        None => new_segment(storage, dir, next_offset, epoch_current, options).await?,
+    };
+    // What recovery read may still sit in the device's volatile cache; make it durable before the
+    // log reports it as such.
+    active
+        .file
+        .fdatasync()
+        .await
+        .map_err(|error| StoreError::io("fdatasync", &active.path, None, error))?;
+
+    report.segments_count = sealed.len() + 1;
+    report.first_offset = sealed
+        .values()
+        .next()
+        .map_or(active.base_offset, |s| s.base_offset);
+    report.next_offset = active.base_offset + active.record_count;
+    report.elapsed = started.elapsed();
+    info!(
+        dir = %dir.display(),
+        segments = report.segments_count,
+        records = report.records_count,
+        truncated_bytes = report.truncated_bytes,
+        elapsed_us = report.elapsed.as_micros() as u64,
+        "recovery finished"
+    );
+    let recovered = Recovered {
+        sealed,
+        active,
+        tail,
+        epoch_current,
+        checkpoint_file: Rc::new(checkpoint_file),
+        checkpoint_path,
+        checkpoint_sequence: checkpoint.map_or(0, |checkpoint| checkpoint.sequence),
+    };
+    Ok((recovered, report))
+}
+
+/// Counts the non-zero bytes after `end_position` that a crash can have left (at most the
+/// unsynced window plus one write past it), and if there are any, truncates the file at
+/// `end_position` and preallocates it again so they read as zeros from now on.
+async fn cut_torn_tail<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    end_position: u64,
+    file_bytes: u64,
+    options: &Options,
+) -> Result<u64, StoreError> {
+    let window_end = file_bytes
+        .min(end_position + options.unsynced_bytes_max + options.write_bytes_max + BLOCK_BYTES);
+    let mut last_nonzero: Option<u64> = None;
+    let mut position = end_position;
+    while position < window_end {
+        let len = (SCAN_CHUNK_BYTES as u64).min(window_end - position) as usize;
+        let bytes = file
+            .read_at(position, len)
+            .await
+            .map_err(|error| StoreError::io("read", path, Some(position), error))?;
+        if bytes.is_empty() {
+            break;
+        }
+        if let Some(at) = bytes.iter().rposition(|&byte| byte != 0) {
+            last_nonzero = Some(position + at as u64);
+        }
+        position += bytes.len() as u64;
+        runtime::yield_if_needed().await;
+    }
+    let Some(last_nonzero) = last_nonzero else {
+        return Ok(0);
+    };
+    file.truncate(end_position)
+        .await
+        .map_err(|error| StoreError::io("truncate", path, Some(end_position), error))?;
+    file.preallocate(options.segment_bytes.max(file_bytes))
+        .await
+        .map_err(|error| StoreError::io("preallocate", path, None, error))?;
+    file.fdatasync()
+        .await
+        .map_err(|error| StoreError::io("fdatasync", path, None, error))?;
+    Ok(last_nonzero + 1 - end_position)
+}
+
+async fn new_segment<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base_offset: u64,
+    epoch: u32,
+    options: &Options,
+) -> Result<(Segment<S::File>, Tail), StoreError> {
+    let path = dir.join(format::segment_file_name(base_offset));
+    let file = create_segment_file(storage, &path, options).await?;
+    let created_ms = now_ms();
+    let header = SegmentHeader {
+        epoch,
+        base_offset,
+        created_ms,
+        seal: None,
+    };
+    let mut block = storage.alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
+    format::encode_segment_header(&header, &mut block);
+    let written = file
+        .write_at(block, 0)
+        .await
+        .map_err(|error| StoreError::io("write", &path, Some(0), error))?;
+    if written as u64 != SEGMENT_HEADER_BLOCK_BYTES {
+        let error = io::Error::other(format!("short header write of {written}"));
+        return Err(StoreError::io("write", &path, Some(0), error));
+    }
+    file.fdatasync()
+        .await
+        .map_err(|error| StoreError::io("fdatasync", &path, None, error))?;
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(|error| StoreError::io("directory fsync", dir, None, error))?;
+    info!(segment = %path.display(), base_offset, epoch, "segment created");
+    let segment = Segment {
+        base_offset,
+        epoch,
+        path,
+        file: Rc::new(file),
+        created_ms,
+        record_count: 0,
+        end_position: SEGMENT_HEADER_BLOCK_BYTES,
+        timestamp_ms_max: 0,
+        index: SegmentIndex::default(),
+        live: LiveSet::default(),
+        map: None,
+    };
+    Ok((
+        segment,
+        Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, Vec::new()),
+    ))
+}

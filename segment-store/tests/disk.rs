@@ -1,0 +1,272 @@
+//! Behaviour on the real disk (glommio, O_DIRECT, under `target/`).
+
+mod common;
+
+use std::rc::Rc;
+
+use common::{payload, run, scratch_dir};
+use ruuster_segment_store::{
+    Level, Log, Options, ReadLimits, Record, Retention, StoreError, SyncPolicy, Watermark,
+};
+
+fn record(payload: &[u8], timestamp_ms: u64) -> Record<'_> {
+    Record {
+        payload,
+        timestamp_ms,
+        flags: 7,
+    }
+}
+
+const ALL: ReadLimits = ReadLimits {
+    records_max: usize::MAX,
+    bytes_max: usize::MAX,
+};
+
+/// Catches: lost or reordered records, wrong offsets, a group commit that does not group, a
+/// reopen that loses synced data. Cannot catch: power-loss behaviour (see the model test).
+#[test]
+fn concurrent_fsynced_appends_share_syncs_and_survive_reopen() {
+    let dir = scratch_dir("concurrent");
+    run(async move {
+        let options = Options {
+            segment_bytes: 96 * 1024,
+            max_payload_bytes: 8 * 1024,
+            ..Options::default()
+        };
+        let (log, report) = Log::open(&dir, options.clone()).await.unwrap();
+        assert_eq!(report.next_offset, 0);
+        let log = Rc::new(log);
+        let mut tasks = Vec::new();
+        for task in 0..8u64 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut confirmed = Vec::new();
+                for index in 0..50u64 {
+                    let body = payload(task * 1000 + index, 300);
+                    let (appended, level) = log
+                        .append_wait(&[record(&body, index)], Level::Fsynced)
+                        .await
+                        .unwrap();
+                    assert_eq!(level, Level::Fsynced);
+                    confirmed.push((appended.offsets.start, body));
+                }
+                confirmed
+            }));
+        }
+        let mut confirmed = Vec::new();
+        for task in tasks {
+            confirmed.extend(task.await);
+        }
+        assert_eq!(confirmed.len(), 400);
+        let stats = log.stats();
+        assert!(
+            stats.syncs_count < 400,
+            "no grouping: {} syncs for 400 appends",
+            stats.syncs_count
+        );
+        assert!(
+            stats.segments_rolled_count >= 1,
+            "segments of 256 KiB must roll"
+        );
+        assert_eq!(log.durable_offset(), 400);
+
+        let records = log.read(0, ALL, Watermark::Durable).await.unwrap();
+        assert_eq!(records.len(), 400);
+        for (offset, body) in &confirmed {
+            assert_eq!(&records[*offset as usize].payload, body);
+        }
+        drop(log);
+
+        let (log, report) = Log::open(&dir, options).await.unwrap();
+        assert_eq!(report.next_offset, 400);
+        assert_eq!(report.truncated_bytes, 0);
+        let records = log.read(0, ALL, Watermark::Durable).await.unwrap();
+        for (offset, body) in &confirmed {
+            assert_eq!(&records[*offset as usize].payload, body);
+            assert_eq!(records[*offset as usize].flags, 7);
+        }
+    });
+}
+
+/// Catches: reads that ignore the budget, the watermark or the start offset, and a scan that
+/// misses records across segments.
+#[test]
+fn reads_respect_budget_watermark_and_start() {
+    let dir = scratch_dir("reads");
+    run(async move {
+        let options = Options {
+            segment_bytes: 64 * 1024,
+            max_payload_bytes: 8 * 1024,
+            ..Options::default()
+        };
+        let (log, _) = Log::open(&dir, options).await.unwrap();
+        let bodies: Vec<Vec<u8>> = (0..300).map(|tag| payload(tag, 500)).collect();
+        for chunk in bodies.chunks(10) {
+            let batch: Vec<Record<'_>> = chunk.iter().map(|body| record(body, 1)).collect();
+            log.append_wait(&batch, Level::Fsynced).await.unwrap();
+        }
+        let some = log
+            .read(
+                17,
+                ReadLimits {
+                    records_max: 5,
+                    bytes_max: usize::MAX,
+                },
+                Watermark::Durable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            some.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![17, 18, 19, 20, 21]
+        );
+        let by_bytes = log
+            .read(
+                100,
+                ReadLimits {
+                    records_max: 1000,
+                    bytes_max: 1200,
+                },
+                Watermark::Durable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(by_bytes.len(), 3, "stops once 1200 bytes are reached");
+        let big = payload(9999, 800);
+        let appended = log.append(&[record(&big, 1)]).await.unwrap();
+        let below = log.read(295, ALL, Watermark::Durable).await.unwrap();
+        assert_eq!(
+            below.last().unwrap().offset,
+            299,
+            "unsynced record is not below durable"
+        );
+        log.wait(&appended, Level::Fsynced).await.unwrap();
+        let mut seen = 0u64;
+        let visited = log
+            .scan(Watermark::Durable, |record| {
+                assert_eq!(record.offset, seen);
+                seen += 1;
+            })
+            .await
+            .unwrap();
+        assert_eq!(visited, 301);
+        assert!(log.stats().segments_rolled_count >= 2);
+    });
+}
+
+/// Catches: segments that are not deleted when their last record dies, copy-forward that loses
+/// or alters records, retention that deletes the wrong end.
+#[test]
+fn dead_segments_are_deleted_and_copy_forward_frees_pinned_ones() {
+    let dir = scratch_dir("reclaim");
+    run(async move {
+        let options = Options {
+            segment_bytes: 32 * 1024,
+            max_payload_bytes: 8 * 1024,
+            ..Options::default()
+        };
+        let (log, _) = Log::open(&dir, options.clone()).await.unwrap();
+        let bodies: Vec<Vec<u8>> = (0..200).map(|tag| payload(tag, 1000)).collect();
+        for (index, body) in bodies.iter().enumerate() {
+            log.append_wait(&[record(body, index as u64)], Level::Fsynced)
+                .await
+                .unwrap();
+        }
+        let sealed = log.sealed_segments();
+        assert!(
+            sealed.len() >= 3,
+            "expected several sealed segments, got {sealed:?}"
+        );
+        let files_before = std::fs::read_dir(&dir).unwrap().count();
+
+        let (first_base, first_live) = sealed[0];
+        for offset in first_base..first_base + first_live {
+            let deleted = log.mark_dead(offset).await.unwrap();
+            assert_eq!(deleted, offset + 1 == first_base + first_live);
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), files_before - 1);
+        assert!(
+            log.mark_dead(first_base).await.is_ok(),
+            "marking again is harmless"
+        );
+
+        let (second_base, second_live) = log.sealed_segments()[0];
+        for offset in second_base + 1..second_base + second_live {
+            log.mark_dead(offset).await.unwrap();
+        }
+        let moved = log.copy_forward(second_base).await.unwrap();
+        assert_eq!(moved.len(), 1);
+        let (old, new) = moved[0];
+        assert_eq!(old, second_base);
+        assert!(log.live_count(second_base).is_none(), "segment is gone");
+        let copy = log.read(new, ALL, Watermark::Durable).await.unwrap();
+        assert_eq!(copy[0].payload, bodies[old as usize]);
+        assert_eq!(copy[0].timestamp_ms, old);
+
+        let before = log.first_offset();
+        let report = log
+            .apply_retention(
+                &Retention {
+                    total_bytes_max: Some(64 * 1024),
+                    ..Default::default()
+                },
+                0,
+            )
+            .await
+            .unwrap();
+        assert!(report.segments_deleted_count >= 1);
+        assert!(log.first_offset() > before);
+        let records = log.read(0, ALL, Watermark::Durable).await.unwrap();
+        assert_eq!(records[0].offset, log.first_offset());
+
+        let (reopened, report) = Log::open(&dir, options).await.unwrap();
+        assert_eq!(report.first_offset, log.first_offset());
+        assert_eq!(reopened.next_offset(), log.next_offset());
+    });
+}
+
+/// Catches: a store that accepts tmpfs, where O_DIRECT silently degrades and nothing survives
+/// power loss. Skipped with a note where /dev/shm is not tmpfs.
+#[test]
+fn tmpfs_is_refused() {
+    let is_tmpfs = std::fs::read_to_string("/proc/mounts")
+        .map(|mounts| mounts.lines().any(|line| line.contains(" /dev/shm tmpfs ")))
+        .unwrap_or(false);
+    if !is_tmpfs {
+        println!("skipped: /dev/shm is not tmpfs here");
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!("/dev/shm/ruuster-store-{}", std::process::id()));
+    let result = run({
+        let dir = dir.clone();
+        async move { Log::open(&dir, Options::default()).await.map(|_| ()) }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        matches!(result, Err(StoreError::Unsupported { .. })),
+        "got {result:?}"
+    );
+}
+
+/// Catches: an `Os` policy that claims `Fsynced` without a sync, and an explicit sync that does
+/// not move the durable watermark.
+#[test]
+fn os_policy_reports_written_and_sync_makes_durable() {
+    let dir = scratch_dir("os-policy");
+    run(async move {
+        let options = Options {
+            sync_policy: SyncPolicy::Os,
+            ..Options::default()
+        };
+        let (log, _) = Log::open(&dir, options).await.unwrap();
+        let body = payload(1, 100);
+        let (_, level) = log
+            .append_wait(&[record(&body, 0)], Level::Fsynced)
+            .await
+            .unwrap();
+        assert_eq!(level, Level::Written);
+        assert_eq!(log.durable_offset(), 0);
+        log.sync().await.unwrap();
+        assert_eq!(log.durable_offset(), 1);
+    });
+}
