@@ -9,12 +9,14 @@
 //! - [`data_dir`]: the data directory's lock and its metadata file (format version, shard count).
 //! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
 //!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
+//! - [`queue`]: one queue's state machine (ready list, unacked deliveries, consumer credit).
 //! - [`shard`]: the glommio-specific part: executors, pinning and each shard's accept loop.
 //! - [`server`]: start-up order and shutdown, usable in-process by tests.
 
 pub mod config;
 pub mod data_dir;
 pub mod listeners;
+pub mod queue;
 pub mod requirements;
 pub mod server;
 pub mod shard;
