@@ -60,6 +60,8 @@
 //!   deleted; the departure carries the body and metadata the dead-letter path needs.
 
 mod consumer;
+#[cfg(test)]
+mod model_tests;
 mod recovery;
 
 use std::collections::VecDeque;
@@ -758,6 +760,18 @@ mod tests {
         assert!(second[0].redelivered);
         assert_eq!(second[0].delivery_count, 2);
         assert_eq!(second[0].body, first[0].body);
+    }
+
+    #[test]
+    fn a_message_requeued_from_the_middle_can_go_back_to_the_same_consumer() {
+        let mut queue = memory_queue_with(3);
+        queue.add_consumer(ALICE, 0).unwrap();
+        assert_eq!(dispatch_all(&mut queue).len(), 3);
+
+        queue.requeue(ALICE, 1).unwrap();
+        assert_eq!(dispatch_all(&mut queue), vec![(ALICE, 1)]);
+        let held: Vec<u64> = queue.unacked_sequences(ALICE).unwrap().collect();
+        assert_eq!(held, vec![0, 1, 2]);
     }
 
     #[test]

@@ -65,18 +65,27 @@ impl Consumer {
         assert!(self.has_credit());
 
         let sequence = message.sequence;
-        match self.slots.back() {
-            Some(last) if last.sequence() >= sequence => {
-                let index = self
-                    .slots
-                    .partition_point(|slot| slot.sequence() < sequence);
-                assert!(
-                    self.slots[index].sequence() != sequence,
-                    "sequence held twice"
-                );
-                self.slots.insert(index, Slot::Held(message));
+        if self
+            .slots
+            .back()
+            .is_none_or(|last| last.sequence() < sequence)
+        {
+            self.slots.push_back(Slot::Held(message));
+        } else {
+            let index = self
+                .slots
+                .partition_point(|slot| slot.sequence() < sequence);
+            match self.slots[index] {
+                // The consumer requeued this message earlier and gets it back: the slot it left
+                // is still there, unswept, because live deliveries surround it.
+                Slot::Settled { sequence: settled } if settled == sequence => {
+                    self.slots[index] = Slot::Held(message);
+                }
+                ref slot => {
+                    assert!(slot.sequence() != sequence, "sequence held twice");
+                    self.slots.insert(index, Slot::Held(message));
+                }
             }
-            _ => self.slots.push_back(Slot::Held(message)),
         }
         self.held_count += 1;
     }
