@@ -16,6 +16,7 @@
 //!   publishes versioned snapshots to every shard.
 //! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
 //!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
+//! - [`queue`]: one queue's state machine (ready list, unacked deliveries, consumer credit).
 //! - [`shard`]: the glommio-specific part: executors, pinning and each shard's accept loop.
 //! - [`server`]: start-up order and shutdown, usable in-process by tests.
 
@@ -26,6 +27,7 @@ pub mod envelope;
 pub mod listeners;
 pub mod mesh;
 pub mod metadata;
+pub mod queue;
 pub mod requirements;
 pub mod routing;
 pub mod server;
