@@ -16,19 +16,29 @@
 //!   publishes versioned snapshots to every shard.
 //! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
 //!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
+//! - [`journal`]: the message and settlement records each shard writes to its journal.
 //! - [`queue`]: one queue's state machine (ready list, unacked deliveries, consumer credit).
+//! - [`connection`]: one client connection: handshake, frames, confirms in order, delivery
+//!   tags.
+//! - [`runtime`]: a shard's data plane: owned queues, journal appends with group commit,
+//!   confirms, dispatch to consumers, settlements and replay.
+//! - [`users`]: users and salted password hashes for the `PLAIN` handshake.
 //! - [`shard`]: the glommio-specific part: executors, pinning and each shard's accept loop.
 //! - [`server`]: start-up order and shutdown, usable in-process by tests.
 
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod data_dir;
 pub mod envelope;
+pub mod journal;
 pub mod listeners;
 pub mod mesh;
 pub mod metadata;
 pub mod queue;
 pub mod requirements;
 pub mod routing;
+pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod users;
