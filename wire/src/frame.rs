@@ -322,15 +322,17 @@ impl Frame {
             });
         }
 
+        // Bytes after the announced length are refused before decoding, so that a payload
+        // decoder can never read past its own frame.
         let end = FRAME_HEADER_SIZE + header.length as usize;
-        let mut reader = Reader::new(frame, FRAME_HEADER_SIZE);
-        let decoded = Frame::decode_payload(header.opcode, &mut reader)?;
-        if reader.position() != end || end != FRAME_HEADER_SIZE + payload_size {
+        if frame.len() > end {
             return Err(Error::TrailingBytes {
-                offset: reader.position(),
-                count: FRAME_HEADER_SIZE + payload_size - reader.position(),
+                offset: end,
+                count: frame.len() - end,
             });
         }
+        let mut reader = Reader::new(frame, FRAME_HEADER_SIZE);
+        let decoded = Frame::decode_payload(header.opcode, &mut reader)?;
         reader.finish()?;
         Ok(decoded)
     }
