@@ -78,6 +78,8 @@ pub enum Tick {
     /// A deadline passed ([`Error::HandshakeTimeout`] or [`Error::MissedHeartbeats`]): send
     /// `Close` with the error's code if the state allows, then close the socket.
     Expired(Error),
+    /// This side sent `Close` and the peer did not answer `CloseOk` in time: close the socket.
+    CloseSocket,
 }
 
 /// Parameters fixed by the handshake.
@@ -99,6 +101,7 @@ pub struct Connection {
     role: Role,
     state: State,
     handshake_deadline: Instant,
+    close_deadline: Option<Instant>,
     offered: Option<(u16, u16, u32)>,
     negotiated: Option<Negotiated>,
     last_sent: Instant,
@@ -115,6 +118,7 @@ impl Connection {
             role,
             state: State::AwaitingHello,
             handshake_deadline: now + handshake_timeout,
+            close_deadline: None,
             offered: None,
             negotiated: None,
             last_sent: now,
@@ -174,6 +178,7 @@ impl Connection {
 
         match (self.state, frame) {
             (State::AwaitingHello | State::AwaitingWelcome | State::Open, Frame::Close(_)) => {
+                self.close_deadline = Some(self.close_deadline(now));
                 self.state = State::CloseSent;
             }
             (State::CloseReceived, Frame::CloseOk(_)) => self.state = State::Closed,
@@ -265,6 +270,10 @@ impl Connection {
     pub fn on_tick(&mut self, now: Instant) -> Tick {
         match (self.state, self.negotiated) {
             (State::Closed, _) => Tick::Idle,
+            (State::CloseSent, _) if self.close_deadline.is_some_and(|end| now >= end) => {
+                Tick::CloseSocket
+            }
+            (State::CloseSent, _) => Tick::Idle,
             (_, None) if now >= self.handshake_deadline => Tick::Expired(Error::HandshakeTimeout),
             (_, None) => Tick::Idle,
             (state, Some(negotiated)) => {
@@ -284,6 +293,7 @@ impl Connection {
     pub fn next_deadline(&self) -> Option<Instant> {
         match (self.state, self.negotiated) {
             (State::Closed, _) => None,
+            (State::CloseSent, _) => self.close_deadline,
             (_, None) => Some(self.handshake_deadline),
             (state, Some(negotiated)) => {
                 let silence = self.last_received + negotiated.heartbeat * MISSED_HEARTBEATS_MAX;
@@ -293,6 +303,16 @@ impl Connection {
                     Some(silence)
                 }
             }
+        }
+    }
+
+    /// How long a side that sent `Close` waits for `CloseOk`: the missed-heartbeat limit once
+    /// negotiated, the handshake deadline before. Fixed when `Close` is sent, so a peer that keeps
+    /// sending other frames cannot hold the connection open.
+    fn close_deadline(&self, now: Instant) -> Instant {
+        match self.negotiated {
+            Some(negotiated) => now + negotiated.heartbeat * MISSED_HEARTBEATS_MAX,
+            None => self.handshake_deadline.max(now),
         }
     }
 
@@ -613,6 +633,28 @@ mod tests {
         client.on_receive(&Frame::CloseOk(CloseOk), now).unwrap();
         assert_eq!(client.state(), State::Closed);
         assert_eq!(client.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_close_is_dropped_even_if_it_keeps_talking() {
+        let start = Instant::now();
+        let (mut client, _) = open_pair(start);
+        let close = Frame::Close(Close {
+            code: ErrorCode::NORMAL_CLOSE,
+            reason: ShortStr::default(),
+        });
+        client.on_send(&close, start).unwrap();
+        let interval = Duration::from_millis(1000);
+        for step in 1..4 {
+            let now = start + interval / 2 * step;
+            assert_eq!(
+                client.on_receive(&Frame::Heartbeat(Heartbeat), now),
+                Ok(Inbound::Ignore)
+            );
+            assert_eq!(client.on_tick(now), Tick::Idle);
+        }
+        assert_eq!(client.next_deadline(), Some(start + interval * 2));
+        assert_eq!(client.on_tick(start + interval * 2), Tick::CloseSocket);
     }
 
     #[test]

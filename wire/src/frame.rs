@@ -322,15 +322,17 @@ impl Frame {
             });
         }
 
+        // Bytes after the announced length are refused before decoding, so that a payload
+        // decoder can never read past its own frame.
         let end = FRAME_HEADER_SIZE + header.length as usize;
-        let mut reader = Reader::new(frame, FRAME_HEADER_SIZE);
-        let decoded = Frame::decode_payload(header.opcode, &mut reader)?;
-        if reader.position() != end || end != FRAME_HEADER_SIZE + payload_size {
+        if frame.len() > end {
             return Err(Error::TrailingBytes {
-                offset: reader.position(),
-                count: FRAME_HEADER_SIZE + payload_size - reader.position(),
+                offset: end,
+                count: frame.len() - end,
             });
         }
+        let mut reader = Reader::new(frame, FRAME_HEADER_SIZE);
+        let decoded = Frame::decode_payload(header.opcode, &mut reader)?;
         reader.finish()?;
         Ok(decoded)
     }
@@ -1371,6 +1373,9 @@ impl Payload for CancelNotice {
 
 const DELIVER_REDELIVERED: u8 = 1 << 0;
 
+/// The fixed fields of `Deliver` before its names: consumer id, tag, count and flags.
+const DELIVER_FIXED_SIZE: usize = 4 + 8 + 4 + 1;
+
 /// `Deliver`: `u32` consumer id, `u64` delivery tag, `u32` delivery count, `u8` flags (bit 0
 /// redelivered), short-string exchange, short-string routing key, `u32`-prefixed body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1416,6 +1421,40 @@ impl Payload for Deliver {
             routing_key: reader.short_str("routing key")?,
             body: reader.long_bytes("body", usize::MAX)?,
         })
+    }
+}
+
+impl Deliver {
+    /// Appends this frame without its body bytes: the header and every field up to and including
+    /// the body's length prefix, and returns the whole frame's size. Writing these bytes and then
+    /// [`Deliver::body`] (with vectored I/O, for example) puts exactly [`Frame::encode`]'s bytes
+    /// on the wire without copying the body into the send buffer.
+    pub fn encode_head(&self, dst: &mut BytesMut, max_frame_size: u32) -> Result<usize, Error> {
+        let names_size = 1 + self.exchange.len() + 1 + self.routing_key.len();
+        let head_size = FRAME_HEADER_SIZE + DELIVER_FIXED_SIZE + names_size + 4;
+        let frame_size = head_size as u64 + self.body.len() as u64;
+        if frame_size > u64::from(max_frame_size) {
+            return Err(Error::FrameTooLarge {
+                size: frame_size,
+                limit: max_frame_size,
+            });
+        }
+
+        dst.put_u32_le((frame_size - FRAME_HEADER_SIZE as u64) as u32);
+        dst.put_u16_le(opcode::DELIVER);
+        dst.put_u16_le(0);
+        dst.put_u32_le(self.consumer_id);
+        dst.put_u64_le(self.delivery_tag);
+        dst.put_u32_le(self.delivery_count);
+        dst.put_u8(if self.redelivered {
+            DELIVER_REDELIVERED
+        } else {
+            0
+        });
+        put_short_str(dst, &self.exchange);
+        put_short_str(dst, &self.routing_key);
+        dst.put_u32_le(self.body.len() as u32);
+        Ok(frame_size as usize)
     }
 }
 
@@ -1551,5 +1590,60 @@ impl Payload for StatsOk {
             request_id,
             counters,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(body: &'static [u8]) -> Deliver {
+        Deliver {
+            consumer_id: 3,
+            delivery_tag: 99,
+            delivery_count: 2,
+            redelivered: true,
+            exchange: ShortStr::from_static("orders"),
+            routing_key: ShortStr::from_static("order.eu.created"),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn a_delivery_head_followed_by_its_body_is_the_whole_frame() {
+        let deliver = deliver(b"\x01\x00\x00payload");
+        let mut head = BytesMut::new();
+        let size = deliver.encode_head(&mut head, u32::MAX).unwrap();
+        head.extend_from_slice(&deliver.body);
+        let mut whole = BytesMut::new();
+        assert_eq!(
+            Frame::Deliver(deliver).encode(&mut whole, u32::MAX),
+            Ok(size)
+        );
+        assert_eq!(head, whole);
+    }
+
+    #[test]
+    fn a_delivery_head_counts_the_body_against_the_frame_limit() {
+        let deliver = deliver(&[0; 100]);
+        let mut head = BytesMut::new();
+        let error = deliver.encode_head(&mut head, 100).unwrap_err();
+        assert!(matches!(error, Error::FrameTooLarge { limit: 100, .. }));
+        assert!(head.is_empty());
+    }
+
+    #[test]
+    fn the_peek_of_a_short_buffer_is_none() {
+        assert_eq!(FrameHeader::peek(&[1, 0, 0, 0, 3, 0, 0]), None);
+        let header = FrameHeader::peek(&[1, 0, 0, 0, 3, 0, 0, 0]).unwrap();
+        assert_eq!(
+            header,
+            FrameHeader {
+                length: 1,
+                opcode: opcode::HEARTBEAT,
+                flags: 0
+            }
+        );
+        assert_eq!(header.frame_size(), 9);
     }
 }

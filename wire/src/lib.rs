@@ -21,6 +21,62 @@
 //! received [`bytes::Bytes`]. Every length read is checked against its limit before anything is
 //! allocated, and malformed input returns an [`Error`] with the offset and the expected field; the
 //! decoder does not panic on any input (property tests and a fuzz target check this).
+//!
+//! A client's handshake and first publish, with the socket left out (the server side mirrors it
+//! with [`Role::Server`] and [`handshake::negotiate`]):
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//!
+//! use bytes::BytesMut;
+//! use ruuster_wire::frame::{Hello, Publish, PublishMessage};
+//! use ruuster_wire::handshake::{PlainCredentials, ServerSettings, negotiate};
+//! use ruuster_wire::{Connection, Durability, Frame, FrameDecoder, Properties, Role, ShortStr};
+//!
+//! let now = Instant::now();
+//! let mut connection = Connection::new(Role::Client, now, Duration::from_secs(10));
+//! let mut decoder = FrameDecoder::default();
+//! let mut send_buffer = BytesMut::new();
+//!
+//! let credentials = PlainCredentials { username: "guest".into(), password: "guest".into() };
+//! let hello = Frame::Hello(Hello {
+//!     version_min: 1,
+//!     version_max: 1,
+//!     client_name: ShortStr::from_static("example"),
+//!     mechanism: ShortStr::from_static("PLAIN"),
+//!     credentials: credentials.encode().expect("short credentials"),
+//!     heartbeat_ms: 0,
+//!     frame_size_max: 0,
+//! });
+//! connection.on_send(&hello, now)?;
+//! hello.encode(&mut send_buffer, connection.frame_size_max())?;
+//! // ... write `send_buffer` to the socket; here the server's answer is made up locally.
+//! # let Frame::Hello(hello_sent) = &hello else { unreachable!() };
+//! # let mut receive_buffer = BytesMut::new();
+//! # let welcome = Frame::Welcome(negotiate(hello_sent, &ServerSettings::default()).unwrap());
+//! # welcome.encode(&mut receive_buffer, u32::MAX)?;
+//!
+//! // Bytes read from the socket go to the decoder; each whole frame goes to the state machine.
+//! while let Some(frame) = decoder.decode(&mut receive_buffer)? {
+//!     connection.on_receive(&frame, now)?;
+//! }
+//! decoder.set_frame_size_max(connection.frame_size_max());
+//!
+//! let properties =
+//!     Properties { content_type: Some(ShortStr::from_static("text/plain")), ..Default::default() };
+//! let body = properties.to_body(b"hello")?;
+//! let publish = Frame::Publish(Publish {
+//!     exchange: ShortStr::default(),
+//!     mandatory: false,
+//!     durability: Durability::Fsynced,
+//!     messages: vec![PublishMessage { routing_key: ShortStr::from_static("greetings"), body }],
+//! });
+//! let sequence = connection.next_sequence();
+//! connection.on_send(&publish, now)?;
+//! publish.encode(&mut send_buffer, connection.frame_size_max())?;
+//! assert_eq!(sequence, 1); // the Confirm covering 1 will report this message's outcome
+//! # Ok::<(), ruuster_wire::Error>(())
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -10,8 +10,8 @@ use std::path::Path;
 use bytes::BytesMut;
 use ruuster_wire::limits::FRAME_SIZE_MAX;
 
-/// Mutations per target per run: about a second of work on the CI machine.
-const ITERATIONS_DEFAULT: u64 = 20_000;
+/// Mutations per target per run: about a second of work in a debug build.
+const ITERATIONS_DEFAULT: u64 = 100_000;
 
 /// Mutated inputs stay small so that each iteration is cheap; the decoder's size checks are
 /// covered by the unit tests and the cargo-fuzz target.

@@ -474,3 +474,18 @@ fn error_messages_are_lowercase_and_give_the_numbers() {
         "credentials length 4097 at offset 14 exceeds the limit of 4096"
     );
 }
+
+#[test]
+fn a_buffer_longer_than_the_announced_frame_is_refused_before_the_payload_is_read() {
+    // The header announces 4 payload bytes; the 9 present would make a valid Ack if read.
+    let mut bytes = BytesMut::from(&frame(opcode::ACK, &[1, 0, 0, 0, 0, 0, 0, 0, 0])[..]);
+    bytes[..4].copy_from_slice(&4u32.to_le_bytes());
+    let error = Frame::decode(bytes.freeze()).unwrap_err();
+    assert_eq!(
+        error,
+        Error::TrailingBytes {
+            offset: 12,
+            count: 5
+        }
+    );
+}

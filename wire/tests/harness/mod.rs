@@ -180,7 +180,7 @@ fn check_tick(connection: &mut Connection, now: Instant) {
     let deadline = connection.next_deadline();
     match connection.on_tick(now) {
         Tick::Idle => {}
-        Tick::SendHeartbeat | Tick::Expired(_) => {
+        Tick::SendHeartbeat | Tick::Expired(_) | Tick::CloseSocket => {
             let deadline = deadline.expect("a tick fired, so a deadline existed");
             assert!(deadline <= now, "tick fired before its deadline");
         }
