@@ -27,6 +27,49 @@ pub const IO_MEMORY_BYTES_MAX: usize = 10 << 20;
 /// Below this, registered buffers stop paying for themselves; glommio itself needs 512 KiB.
 pub const IO_MEMORY_BYTES_MIN: usize = 512 << 10;
 
+/// When the journal calls fdatasync (see README, "Guarantees").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Publishes asking for `fsynced` wait for a shared fdatasync (group commit). The default.
+    Always,
+    /// A background fdatasync every `fsync_interval_ms`; `fsynced` publishes wait for it.
+    Interval,
+    /// Never fdatasync: confirms report `written` at most.
+    Os,
+}
+
+/// Limits a client meets on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections one shard serves at once; more are refused with `too-many-connections`.
+    pub connections_per_shard_max: usize,
+    /// Published messages awaiting a confirm per connection; the client must wait above it.
+    pub unconfirmed_max: u32,
+    /// The largest prefetch a consumer may ask for.
+    pub prefetch_max: u32,
+    /// The largest frame, header included, offered in the handshake.
+    pub frame_size_max: u32,
+    /// Heartbeat interval offered to clients that ask for the default.
+    pub heartbeat_ms: u32,
+    /// A client must complete its handshake within this.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_per_shard_max: 10_000,
+            unconfirmed_max: 65_536,
+            prefetch_max: 65_535,
+            frame_size_max: 1 << 20,
+            heartbeat_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// The broker's configuration, after defaults are applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -43,6 +86,12 @@ pub struct Config {
     /// The CPUs shards are pinned to, in order; shard `i` runs on `cpus[i % cpus.len()]`. `None`
     /// means the CPUs of this process's affinity mask.
     pub cpus: Option<Vec<usize>>,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    /// Journal segment files are preallocated to this size and rolled when full.
+    pub segment_bytes: u64,
+    pub limits: Limits,
+    pub users: Vec<crate::users::UserConfig>,
 }
 
 impl Default for Config {
@@ -53,6 +102,11 @@ impl Default for Config {
             shard_port_base: None,
             shards: None,
             cpus: None,
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 5,
+            segment_bytes: 64 << 20,
+            limits: Limits::default(),
+            users: Vec::new(),
         }
     }
 }
@@ -66,6 +120,11 @@ pub struct ConfigFile {
     pub shard_port_base: Option<u16>,
     pub shards: Option<usize>,
     pub cpus: Option<Vec<usize>>,
+    pub fsync: Option<FsyncPolicy>,
+    pub fsync_interval_ms: Option<u64>,
+    pub segment_bytes: Option<u64>,
+    pub limits: Option<Limits>,
+    pub users: Option<Vec<crate::users::UserConfig>>,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -133,6 +192,21 @@ impl Config {
         }
         if file.cpus.is_some() {
             self.cpus = file.cpus;
+        }
+        if let Some(fsync) = file.fsync {
+            self.fsync = fsync;
+        }
+        if let Some(interval) = file.fsync_interval_ms {
+            self.fsync_interval_ms = interval;
+        }
+        if let Some(segment_bytes) = file.segment_bytes {
+            self.segment_bytes = segment_bytes;
+        }
+        if let Some(limits) = file.limits {
+            self.limits = limits;
+        }
+        if let Some(users) = file.users {
+            self.users = users;
         }
     }
 

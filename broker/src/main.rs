@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use ruuster_broker::config::{Config, ConfigFile};
+use ruuster_broker::config::{Config, ConfigFile, FsyncPolicy};
 use ruuster_broker::server::Broker;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::{error, info, warn};
@@ -33,6 +33,21 @@ struct Flags {
     /// The CPUs to pin shards to, comma-separated; shard i runs on cpus[i % len].
     #[arg(long, value_delimiter = ',')]
     cpus: Option<Vec<usize>>,
+    /// When the journal fdatasyncs: always (group commit, the default), interval, or os.
+    #[arg(long, value_parser = parse_fsync)]
+    fsync: Option<FsyncPolicy>,
+    /// Print a password_hash for the config's [[users]] and exit.
+    #[arg(long, value_name = "PASSWORD")]
+    hash_password: Option<String>,
+}
+
+fn parse_fsync(text: &str) -> Result<FsyncPolicy, String> {
+    match text {
+        "always" => Ok(FsyncPolicy::Always),
+        "interval" => Ok(FsyncPolicy::Interval),
+        "os" => Ok(FsyncPolicy::Os),
+        other => Err(format!("{other:?} is not always, interval or os")),
+    }
 }
 
 fn main() {
@@ -46,6 +61,16 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if let Some(password) = &flags.hash_password {
+        let mut salt = [0u8; 16];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+            &mut salt,
+        )
+        .context("reading a salt")?;
+        println!("{}", ruuster_broker::users::hash_password(password, salt));
+        return Ok(());
+    }
     let mut config = match &flags.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -56,6 +81,8 @@ fn run() -> anyhow::Result<()> {
         shard_port_base: flags.shard_port_base,
         shards: flags.shards,
         cpus: flags.cpus,
+        fsync: flags.fsync,
+        ..ConfigFile::default()
     });
     info!(?config, "configuration");
 

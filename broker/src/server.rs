@@ -14,10 +14,29 @@ use anyhow::bail;
 use glommio::ExecutorJoinHandle;
 use tracing::info;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ruuster_segment_store::Options;
+use ruuster_wire::ShortStr;
+use ruuster_wire::handshake::ServerSettings;
+
 use crate::config::Config;
+use crate::connection::ConnectionSettings;
+use crate::control::{Installers, Snapshot};
 use crate::data_dir::DataDir;
-use crate::shard::{self, ShardSpec};
-use crate::{listeners, requirements};
+use crate::metadata::Metadata;
+use crate::shard::{self, ControlSpec as ShardControl, ShardSpec};
+use crate::users::Users;
+use crate::{listeners, mesh, requirements};
+
+/// The name and version the handshake announces.
+const SERVER_NAME: &str = concat!("ruuster ", env!("CARGO_PKG_VERSION"));
+
+/// What a journal record adds around a message body: the target header and the envelope's
+/// fields (names, keys, timestamps). A publish frame of the largest size always fits a record.
+const JOURNAL_RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// A running broker.
 #[derive(Debug)]
@@ -78,27 +97,111 @@ impl Broker {
             "starting"
         );
 
+        let (metadata, dropped) = Metadata::load(data_dir.path(), shard_count as u16)?;
+        if !dropped.is_empty() {
+            info!(
+                queues = dropped.len(),
+                "auto-delete queues whose consumers left at the stop"
+            );
+            metadata.save(data_dir.path())?;
+        }
+        let snapshot = Arc::new(Snapshot::build(&metadata).map_err(anyhow::Error::msg)?);
+        let users = Users::from_config(&config.users).map_err(anyhow::Error::msg)?;
+
         let listeners = listeners::bind(&config.listen, shard_count, config.shard_port_base)?;
         let client_addr = listeners.client_addr;
         let shard_addrs = listeners.shard_addrs();
+        let shard_ports: Vec<u16> = shard_addrs.iter().map(|address| address.port()).collect();
 
+        let (control_sender, control_requests) = flume::unbounded();
+        let (installed_sender, installed) = flume::unbounded();
+        let mut snapshot_senders = Vec::with_capacity(shard_count);
+        let mut snapshot_receivers = Vec::with_capacity(shard_count);
+        for _ in 0..shard_count {
+            let (sender, receiver) = flume::unbounded();
+            snapshot_senders.push(sender);
+            snapshot_receivers.push(receiver);
+        }
+        let mut control_task = Some(ShardControl {
+            metadata,
+            data_dir: data_dir.path().to_path_buf(),
+            requests: control_requests,
+            installers: Installers {
+                snapshots: snapshot_senders,
+                installed,
+            },
+        });
+        let journal_options = Options {
+            segment_bytes: config.segment_bytes,
+            sync_policy: shard::sync_policy(config.fsync, config.fsync_interval_ms),
+            max_payload_bytes: config.limits.frame_size_max as usize
+                + JOURNAL_RECORD_OVERHEAD_BYTES,
+            ..Options::default()
+        };
+
+        let (ready_sender, ready) = flume::unbounded();
         let mut senders = Vec::with_capacity(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
+        let links = mesh::build(shard_count);
         let sockets = listeners.shared.into_iter().zip(listeners.per_shard);
-        for (index, (client_listener, shard_listener)) in sockets.enumerate() {
+        let per_shard = sockets.zip(links).zip(snapshot_receivers);
+        for (index, (((client_listener, shard_listener), links), snapshots)) in
+            per_shard.enumerate()
+        {
             let (sender, receiver) = flume::bounded(1);
             senders.push(sender);
+            let server = ServerSettings {
+                frame_size_max: config.limits.frame_size_max,
+                heartbeat_default_ms: config.limits.heartbeat_ms,
+                unconfirmed_max: config.limits.unconfirmed_max,
+                prefetch_max: config.limits.prefetch_max,
+                shard_index: index as u16,
+                shard_ports: shard_ports.clone(),
+                server_name: ShortStr::from_utf8(Bytes::from_static(SERVER_NAME.as_bytes()))
+                    .expect("the server name is a short string"),
+            };
             let spec = ShardSpec {
                 index,
+                shard_count,
                 cpu: cpus[index % cpus.len()],
                 io_memory_bytes,
                 client_listener,
                 shard_listener,
                 shutdown: receiver,
+                journal_dir: data_dir.path().join("shards").join(index.to_string()),
+                journal_options: journal_options.clone(),
+                links,
+                snapshot: snapshot.clone(),
+                snapshots,
+                installed: installed_sender.clone(),
+                control: control_sender.clone(),
+                control_task: if index == 0 {
+                    control_task.take()
+                } else {
+                    None
+                },
+                settings: ConnectionSettings {
+                    handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+                    server,
+                    users: users.clone(),
+                },
+                connections_max: config.limits.connections_per_shard_max,
+                ready: ready_sender.clone(),
             };
             let handle = shard::spawn(spec)
                 .map_err(|error| anyhow::anyhow!("starting shard {index}: {error}"))?;
             shards.push(handle);
+        }
+        drop(ready_sender);
+        for _ in 0..shard_count {
+            match ready.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    ShutdownHandle { senders }.shutdown();
+                    bail!("{message}");
+                }
+                Err(_) => bail!("a shard stopped before it was ready"),
+            }
         }
 
         info!(

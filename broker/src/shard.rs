@@ -1,23 +1,49 @@
 //! Shards: one pinned glommio executor each. This is one of the few modules that know glommio
 //! (DESIGN.md, "Runtime boundary"); the rest of the broker sees plain futures and sockets.
+//!
+//! A shard starts in this order: open its journal (the store runs recovery), replay the journal
+//! into the queues it owns, connect its rings to every other shard, start its data-plane tasks and
+//! its snapshot installer (and, on shard 0, the control task), report ready, and only then accept
+//! connections. On shutdown it stops accepting, syncs its journal and returns; connections still
+//! open are dropped without confirms for what was not confirmed.
 
 use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use ruuster_segment_store::{Log, Options, SyncPolicy};
 use socket2::Socket;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
+
+use crate::connection::{self, ConnectionSettings};
+use crate::control::{self, ControlRequest, Installers, Snapshot};
+use crate::mesh::ShardLinks;
+use crate::metadata::Metadata;
+use crate::runtime::{self, Core, ShardMessage};
 
 /// How often a long-running task is interrupted so that others on the shard get their turn.
 /// glommio's default of 100 ms would let one busy connection stall every other for that long.
 const PREEMPT_INTERVAL: Duration = Duration::from_millis(1);
 
+/// What only shard 0 runs: the control task and its inputs.
+#[derive(Debug)]
+pub struct ControlSpec {
+    pub metadata: Metadata,
+    pub data_dir: PathBuf,
+    pub requests: flume::Receiver<ControlRequest>,
+    pub installers: Installers,
+}
+
 /// What one shard needs to start.
 #[derive(Debug)]
 pub struct ShardSpec {
     pub index: usize,
+    pub shard_count: usize,
     pub cpu: usize,
     pub io_memory_bytes: usize,
     /// This shard's `SO_REUSEPORT` socket on the shared client port.
@@ -26,6 +52,18 @@ pub struct ShardSpec {
     pub shard_listener: Socket,
     /// Receives once when the broker shuts down.
     pub shutdown: flume::Receiver<()>,
+    pub journal_dir: PathBuf,
+    pub journal_options: Options,
+    pub links: ShardLinks<ShardMessage>,
+    pub snapshot: Arc<Snapshot>,
+    pub snapshots: flume::Receiver<Arc<Snapshot>>,
+    pub installed: flume::Sender<(usize, u64)>,
+    pub control: flume::Sender<ControlRequest>,
+    pub control_task: Option<ControlSpec>,
+    pub settings: ConnectionSettings,
+    pub connections_max: usize,
+    /// Told once the shard serves, or why it could not start.
+    pub ready: flume::Sender<Result<(), String>>,
 }
 
 /// Starts the shard's executor on its CPU. The handle resolves when the shard has stopped.
@@ -42,13 +80,86 @@ pub fn spawn(spec: ShardSpec) -> glommio::Result<ExecutorJoinHandle<()>, ()> {
 }
 
 async fn run(spec: ShardSpec) {
+    let ready = spec.ready.clone();
+    let (log, recovery) = match Log::open(&spec.journal_dir, spec.journal_options.clone()).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            error!(%error, "journal does not open");
+            let _ = ready.send(Err(format!("shard {}: {error}", spec.index)));
+            return;
+        }
+    };
+    info!(
+        segments = recovery.segments_count,
+        records = recovery.records_count,
+        truncated_bytes = recovery.truncated_bytes,
+        elapsed_ms = recovery.elapsed.as_millis() as u64,
+        "journal recovered"
+    );
+
+    let sync_policy = spec.journal_options.sync_policy;
+    let core = Rc::new(Core::new(
+        spec.index,
+        spec.shard_count,
+        log,
+        sync_policy,
+        spec.control.clone(),
+        spec.snapshot.clone(),
+    ));
+    match core.replay().await {
+        Ok(report) => runtime::log_replay(spec.index, &report),
+        Err(error) => {
+            error!(%error, "journal replay failed");
+            let _ = ready.send(Err(format!("shard {} replay: {error}", spec.index)));
+            return;
+        }
+    }
+    core.install(spec.snapshot.clone());
+
+    let handler = core.clone();
+    let mesh = spec
+        .links
+        .connect(move |from, _lane, message| handler.handle(from, message))
+        .await;
+    core.set_mesh(mesh);
+    core.start_tasks();
+
+    let installer = core.clone();
+    let snapshots = spec.snapshots.clone();
+    let installed = spec.installed.clone();
+    glommio::spawn_local(async move {
+        while let Ok(snapshot) = snapshots.recv_async().await {
+            let version = snapshot.version;
+            installer.install(snapshot);
+            let _ = installed.send((installer.index, version));
+        }
+    })
+    .detach();
+    if let Some(control) = spec.control_task {
+        let task = control::run(
+            control.metadata,
+            control.data_dir,
+            control.requests,
+            control.installers,
+        );
+        glommio::spawn_local(task).detach();
+    }
+
     let client = into_glommio(spec.client_listener);
     let own = into_glommio(spec.shard_listener);
-    info!("shard started");
+    let settings = Rc::new(spec.settings);
+    let _ = ready.send(Ok(()));
+    info!("shard serving");
 
     let accepting = future::or(
-        accept_loop(&client, "client port"),
-        accept_loop(&own, "shard port"),
+        accept_loop(
+            &core,
+            &client,
+            "client port",
+            &settings,
+            spec.connections_max,
+        ),
+        accept_loop(&core, &own, "shard port", &settings, spec.connections_max),
     );
     future::or(accepting, async {
         // A closed channel means the broker is gone too; both end the shard.
@@ -56,18 +167,36 @@ async fn run(spec: ShardSpec) {
     })
     .await;
 
+    drop(client);
+    drop(own);
+    if let Err(error) = core.log.sync().await {
+        warn!(%error, "final journal sync failed");
+    }
     info!("shard stopped");
 }
 
-async fn accept_loop(listener: &TcpListener, port: &'static str) {
+async fn accept_loop(
+    core: &Rc<Core>,
+    listener: &TcpListener,
+    port: &'static str,
+    settings: &Rc<ConnectionSettings>,
+    connections_max: usize,
+) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let peer = stream.peer_addr().ok();
-                // The wire protocol is not served yet: the connection is accepted and closed, so
-                // that clients see a prompt end instead of a hang.
-                debug!(?peer, port, "connection closed: protocol not served");
-                drop(stream);
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                if core.connection_count() >= connections_max {
+                    // Refused before the handshake: the client sees the socket close at once.
+                    debug!(%peer, port, connections_max, "connection refused: too many");
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let task = connection::serve(core.clone(), stream, peer, settings.clone());
+                glommio::spawn_local(task).detach();
             }
             Err(error) => {
                 // EMFILE and friends are transient; back off instead of spinning on them.
@@ -84,6 +213,17 @@ fn into_glommio(socket: Socket) -> TcpListener {
     // listener becomes its only owner and closes it exactly once. This runs on the executor that
     // will poll it, as glommio's `from_raw_fd` requires.
     unsafe { TcpListener::from_raw_fd(fd) }
+}
+
+/// The store's sync policy for the broker's fsync setting.
+pub fn sync_policy(fsync: crate::config::FsyncPolicy, interval_ms: u64) -> SyncPolicy {
+    match fsync {
+        crate::config::FsyncPolicy::Always => SyncPolicy::Always,
+        crate::config::FsyncPolicy::Interval => {
+            SyncPolicy::Interval(Duration::from_millis(interval_ms.max(1)))
+        }
+        crate::config::FsyncPolicy::Os => SyncPolicy::Os,
+    }
 }
 
 /// The CPUs this process may run on, in ascending order.
