@@ -887,9 +887,10 @@ async fn request(shared: &Rc<Shared>, frame: Frame) {
 
 type Reply = Result<Frame, (ErrorCode, String)>;
 
-fn control_reply(
-    reply: ControlReply,
-) -> Result<(u64, Option<metadata::Queue>, Vec<metadata::Queue>), (ErrorCode, String)> {
+/// A control reply that succeeded: the version, the declared queue, the deleted queues.
+type Applied = (u64, Option<metadata::Queue>, Vec<metadata::Queue>);
+
+fn control_reply(reply: ControlReply) -> Result<Applied, (ErrorCode, String)> {
     match reply {
         ControlReply::Done {
             version,

@@ -816,20 +816,21 @@ impl Core {
             .await?;
 
         let mut restored_count = 0u64;
-        let mut queues = self.queues.borrow_mut();
-        for (id, recovery) in recoveries {
-            restored_count += recovery.message_count() as u64;
-            let queue = owned[&id];
-            queues.insert(
-                id,
-                OwnedQueue {
-                    name: queue.name.clone(),
-                    auto_delete: queue.auto_delete,
-                    queue: recovery.finish(),
-                },
-            );
+        {
+            let mut queues = self.queues.borrow_mut();
+            for (id, recovery) in recoveries {
+                restored_count += recovery.message_count() as u64;
+                let queue = owned[&id];
+                queues.insert(
+                    id,
+                    OwnedQueue {
+                        name: queue.name.clone(),
+                        auto_delete: queue.auto_delete,
+                        queue: recovery.finish(),
+                    },
+                );
+            }
         }
-        drop(queues);
         report.messages_restored_count = restored_count;
         *self.references.borrow_mut() = references;
 
@@ -844,17 +845,18 @@ impl Core {
             report.records_released_count += 1;
         }
         let first_offset = self.log.first_offset();
-        let mut watch = self.settlement_watch.borrow_mut();
         let mut dead_settlements = Vec::new();
-        for (settlement_offset, offsets) in settlements {
-            match offsets.iter().max() {
-                Some(&highest) if highest >= first_offset => {
-                    watch.push_back((highest, settlement_offset))
+        {
+            let mut watch = self.settlement_watch.borrow_mut();
+            for (settlement_offset, offsets) in settlements {
+                match offsets.iter().max() {
+                    Some(&highest) if highest >= first_offset => {
+                        watch.push_back((highest, settlement_offset))
+                    }
+                    _ => dead_settlements.push(settlement_offset),
                 }
-                _ => dead_settlements.push(settlement_offset),
             }
         }
-        drop(watch);
         for offset in dead_settlements {
             self.log.mark_dead(offset).await?;
             report.records_released_count += 1;

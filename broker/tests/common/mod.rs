@@ -1,0 +1,324 @@
+//! A small blocking client for the broker's integration tests, built directly on the wire codec
+//! so that the tests see exactly the frames the broker sends. Applications use `ruuster-client`.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ruuster_broker::config::Config;
+use ruuster_broker::server::Broker;
+use ruuster_wire::frame::{
+    Ack, Confirm, Consume, Deliver, ExchangeDeclare, Hello, Nack, Publish, PublishMessage,
+    QueueBind, QueueDeclare, Welcome,
+};
+use ruuster_wire::handshake::PlainCredentials;
+use ruuster_wire::limits::PROTOCOL_VERSION;
+use ruuster_wire::{Durability, ExchangeKind, Frame, FrameDecoder, Properties, ShortStr, Table};
+
+/// How long a test waits for any one frame before it fails instead of hanging.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn scratch(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("broker")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&path);
+    path
+}
+
+/// Sends the broker's logs to the test's output (shown for failing tests); `RUST_LOG` filters.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts a broker in this process on an ephemeral port with `shards` shards.
+pub fn start_broker(data_dir: &Path, shards: usize) -> Broker {
+    init_logs();
+    let config = Config {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        shards: Some(shards),
+        // Shards share the CPUs this test may use, so a 1-CPU machine still runs 2 shards.
+        cpus: None,
+        segment_bytes: 4 << 20,
+        ..Config::default()
+    };
+    Broker::start(config).expect("broker starts")
+}
+
+pub fn short(text: &str) -> ShortStr {
+    ShortStr::from_utf8(Bytes::copy_from_slice(text.as_bytes())).unwrap()
+}
+
+pub fn body(payload: &[u8]) -> Bytes {
+    Properties::default().to_body(payload).unwrap()
+}
+
+pub struct TestClient {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    buffer: BytesMut,
+    pending: VecDeque<Frame>,
+    next_request: u32,
+    pub welcome: Welcome,
+}
+
+impl TestClient {
+    pub fn connect(address: SocketAddr) -> TestClient {
+        Self::connect_as(address, "guest", "guest").expect("handshake succeeds")
+    }
+
+    /// Connects and runs the handshake; returns the broker's first frame on refusal.
+    pub fn connect_as(
+        address: SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<TestClient, Frame> {
+        let stream = TcpStream::connect(address).expect("connect");
+        stream.set_read_timeout(Some(FRAME_DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut client = TestClient {
+            stream,
+            decoder: FrameDecoder::new(ruuster_wire::limits::FRAME_SIZE_MAX),
+            buffer: BytesMut::new(),
+            pending: VecDeque::new(),
+            next_request: 1,
+            welcome: Welcome {
+                version: 0,
+                heartbeat_ms: 0,
+                frame_size_max: 0,
+                unconfirmed_max: 0,
+                prefetch_max: 0,
+                shard_index: 0,
+                shard_ports: Vec::new(),
+                server_name: short(""),
+            },
+        };
+        let credentials = PlainCredentials {
+            username: user.into(),
+            password: password.into(),
+        };
+        client.send(Frame::Hello(Hello {
+            version_min: PROTOCOL_VERSION,
+            version_max: PROTOCOL_VERSION,
+            client_name: short("broker-tests"),
+            mechanism: short("PLAIN"),
+            credentials: credentials.encode().unwrap(),
+            heartbeat_ms: 60_000,
+            frame_size_max: 0,
+        }));
+        match client.recv() {
+            Frame::Welcome(welcome) => {
+                client.welcome = welcome;
+                Ok(client)
+            }
+            other => Err(Box::new(other)),
+        }
+    }
+
+    pub fn send(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        frame
+            .encode(&mut out, ruuster_wire::limits::FRAME_SIZE_MAX)
+            .unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame, skipping heartbeats.
+    pub fn recv(&mut self) -> Frame {
+        if let Some(frame) = self.pending.pop_front() {
+            return frame;
+        }
+        self.recv_socket().expect("a frame before the deadline")
+    }
+
+    /// The next frame from the socket, or `None` once the broker closed it.
+    pub fn recv_socket(&mut self) -> Option<Frame> {
+        let deadline = Instant::now() + FRAME_DEADLINE;
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buffer).expect("valid frames") {
+                if matches!(frame, Frame::Heartbeat(_)) {
+                    continue;
+                }
+                return Some(frame);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no frame within {FRAME_DEADLINE:?}"
+            );
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(count) => self.buffer.extend_from_slice(&chunk[..count]),
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(error) => panic!("read failed: {error}"),
+            }
+        }
+    }
+
+    /// Sends a request and returns its reply (or error reply), keeping other frames for later.
+    pub fn request(&mut self, make: impl FnOnce(u32) -> Frame) -> Frame {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.send(make(request_id));
+        let mut skipped = VecDeque::new();
+        let reply = loop {
+            let frame = self.pending.pop_front().unwrap_or_else(|| {
+                self.recv_socket()
+                    .expect("a reply before the connection closed")
+            });
+            if frame.request_id() == Some(request_id) {
+                break frame;
+            }
+            skipped.push_back(frame);
+        };
+        skipped.extend(self.pending.drain(..));
+        self.pending = skipped;
+        reply
+    }
+
+    pub fn declare_exchange(&mut self, name: &str, kind: ExchangeKind) {
+        let reply = self.request(|request_id| {
+            Frame::ExchangeDeclare(ExchangeDeclare {
+                request_id,
+                exchange: short(name),
+                kind,
+                durable: true,
+                auto_delete: false,
+                passive: false,
+                arguments: Table::new(),
+            })
+        });
+        assert!(matches!(reply, Frame::ExchangeDeclareOk(_)), "{reply:?}");
+    }
+
+    /// Declares a queue and returns its owner shard.
+    pub fn declare_queue(&mut self, name: &str, durable: bool) -> u16 {
+        let reply = self.request(|request_id| {
+            Frame::QueueDeclare(QueueDeclare {
+                request_id,
+                queue: short(name),
+                durable,
+                exclusive: false,
+                auto_delete: false,
+                passive: false,
+                arguments: Table::new(),
+            })
+        });
+        let Frame::QueueDeclareOk(ok) = reply else {
+            panic!("declare failed: {reply:?}")
+        };
+        ok.owner_shard
+    }
+
+    pub fn bind(&mut self, queue: &str, exchange: &str, key: &str) {
+        let reply = self.request(|request_id| {
+            Frame::QueueBind(QueueBind {
+                request_id,
+                queue: short(queue),
+                exchange: short(exchange),
+                routing_key: short(key),
+                arguments: Table::new(),
+            })
+        });
+        assert!(matches!(reply, Frame::QueueBindOk(_)), "{reply:?}");
+    }
+
+    pub fn publish(&mut self, exchange: &str, key: &str, payloads: &[Vec<u8>], level: Durability) {
+        let messages = payloads
+            .iter()
+            .map(|payload| PublishMessage {
+                routing_key: short(key),
+                body: body(payload),
+            })
+            .collect();
+        self.send(Frame::Publish(Publish {
+            exchange: short(exchange),
+            mandatory: false,
+            durability: level,
+            messages,
+        }));
+    }
+
+    /// Collects confirms until sequence `last` is covered.
+    pub fn confirms_through(&mut self, last: u64) -> Vec<Confirm> {
+        let mut confirms = Vec::new();
+        while confirms
+            .last()
+            .is_none_or(|confirm: &Confirm| confirm.last < last)
+        {
+            match self.recv() {
+                Frame::Confirm(confirm) => confirms.push(confirm),
+                other => self.pending.push_back(other),
+            }
+        }
+        confirms
+    }
+
+    pub fn consume(&mut self, queue: &str, prefetch: u32) -> u32 {
+        let reply = self.request(|request_id| {
+            Frame::Consume(Consume {
+                request_id,
+                queue: short(queue),
+                consumer_tag: short(&format!("tag-{queue}-{request_id}")),
+                prefetch,
+                exclusive: false,
+                arguments: Table::new(),
+            })
+        });
+        let Frame::ConsumeOk(ok) = reply else {
+            panic!("consume failed: {reply:?}")
+        };
+        ok.consumer_id
+    }
+
+    pub fn next_delivery(&mut self) -> Deliver {
+        let mut skipped = VecDeque::new();
+        let delivery = loop {
+            match self.recv() {
+                Frame::Deliver(delivery) => break delivery,
+                other => skipped.push_back(other),
+            }
+        };
+        skipped.extend(self.pending.drain(..));
+        self.pending = skipped;
+        delivery
+    }
+
+    pub fn ack(&mut self, delivery_tag: u64, multiple: bool) {
+        self.send(Frame::Ack(Ack {
+            delivery_tag,
+            multiple,
+        }));
+    }
+
+    pub fn nack(&mut self, delivery_tag: u64, requeue: bool) {
+        self.send(Frame::Nack(Nack {
+            delivery_tag,
+            multiple: false,
+            requeue,
+        }));
+    }
+
+    /// The payload of a delivered body.
+    pub fn payload(delivery: &Deliver) -> Vec<u8> {
+        ruuster_wire::Body::parse(delivery.body.clone())
+            .unwrap()
+            .payload()
+            .to_vec()
+    }
+}
