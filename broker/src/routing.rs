@@ -1000,6 +1000,19 @@ mod tests {
     }
 
     #[test]
+    fn topic_nodes_with_many_literal_edges_match_like_nodes_with_few() {
+        let patterns: Vec<String> = (0..9).map(|index| format!("k.{index}.#")).collect();
+        let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        let many = topic_table(&patterns);
+        let few = topic_table(&patterns[..2]);
+        assert_eq!(route_ids(&many, "t", "k.8"), [108]);
+        assert_eq!(route_ids(&many, "t", "k.0.x"), [100]);
+        assert_eq!(route_ids(&many, "t", "k.9"), Vec::<u32>::new());
+        assert_eq!(route_ids(&few, "t", "k.1"), [101]);
+        assert_eq!(route_ids(&few, "t", "k.8"), Vec::<u32>::new());
+    }
+
+    #[test]
     fn topic_matching_stays_polynomial_on_a_key_built_against_many_hashes() {
         let pattern = ["#", "a"].repeat(40).join(".") + ".b";
         let key = vec!["a"; 120].join(".");
