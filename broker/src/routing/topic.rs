@@ -6,7 +6,7 @@
 //! the `#` may absorb more. Matching keeps the set of nodes whose prefix matches the routing-key
 //! words read so far (an NFA simulation), taking the `#` edge of every node entered without
 //! reading a word, since `#` may match none. Each node enters the set at most once per word, so a
-//! route costs `O(words × live nodes)` hash lookups, at most `O(words × trie nodes)`, and never
+//! route costs `O(words × live nodes)` edge lookups, at most `O(words × trie nodes)`, and never
 //! more: a backtracking matcher is exponential in the number of `#` for keys such as
 //! `#.a.#.a.#.a` against `a.a.a...`. Consecutive `#` words are folded into one when a binding is
 //! inserted (`#.#` matches exactly what `#` matches), so no `#` node has a `#` edge.
