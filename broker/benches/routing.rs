@@ -506,7 +506,7 @@ impl NaiveExchange {
                 let queue = metadata
                     .queues
                     .iter()
-                    .find(|q| q.name == binding.queue)
+                    .find(|queue| queue.name == binding.queue)
                     .unwrap();
                 let mut all = true;
                 let mut conditions = Vec::new();

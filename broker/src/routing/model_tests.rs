@@ -249,7 +249,7 @@ fn model_route(metadata: &RoutingMetadata, message: &Message) -> Result<BTreeSet
     let Some(exchange) = metadata
         .exchanges
         .iter()
-        .find(|e| e.name == message.exchange)
+        .find(|exchange| exchange.name == message.exchange)
     else {
         return Err(RouteError::UnknownExchange);
     };
@@ -258,7 +258,7 @@ fn model_route(metadata: &RoutingMetadata, message: &Message) -> Result<BTreeSet
     for binding in metadata
         .bindings
         .iter()
-        .filter(|b| b.exchange == exchange.name)
+        .filter(|binding| binding.exchange == exchange.name)
     {
         let matched = match exchange.kind {
             ExchangeKind::Direct => binding.key == message.routing_key,
@@ -321,7 +321,7 @@ fn model_headers_match(arguments: &[BindingArgument], headers: &[(&str, OwnedHea
     if mode.starts_with("all") {
         outcomes.all(|outcome| outcome)
     } else {
-        outcomes.any(|o| o)
+        outcomes.any(|outcome| outcome)
     }
 }
 
@@ -492,7 +492,7 @@ fn generated_cases_route_a_good_share_of_messages_somewhere() {
                 .metadata
                 .exchanges
                 .iter()
-                .find(|e| e.name == message.exchange);
+                .find(|exchange| exchange.name == message.exchange);
             let counts = routed_by_kind
                 .entry(kind.map(|exchange| exchange.kind))
                 .or_default();
