@@ -1171,6 +1171,45 @@ mod tests {
     }
 
     #[test]
+    fn headers_first_match_mode_wins_and_may_be_given_as_bytes() {
+        let arguments = |values: &[ArgumentValue]| -> Vec<BindingArgument> {
+            let to_argument = |value: &ArgumentValue| BindingArgument {
+                key: "x-match".to_owned(),
+                value: value.clone(),
+            };
+            values.iter().map(to_argument).collect()
+        };
+        let any_then_all = arguments(&[text("any"), text("all")]);
+        assert_eq!(
+            MatchMode::from_arguments(&any_then_all),
+            Some(MatchMode::Any)
+        );
+        let bytes = arguments(&[ArgumentValue::Bytes(b"any-with-x".to_vec())]);
+        assert_eq!(MatchMode::from_arguments(&bytes), Some(MatchMode::AnyWithX));
+        assert_eq!(MatchMode::from_arguments(&[]), Some(MatchMode::All));
+        assert_eq!(
+            MatchMode::from_arguments(&arguments(&[ArgumentValue::Int(1)])),
+            None
+        );
+    }
+
+    #[test]
+    fn a_routing_key_at_the_length_limit_routes_and_one_byte_more_does_not() {
+        let table = topic_table(&["#", "#.*", "*"]);
+        let empty_words = ".".repeat(KEY_LENGTH_MAX_BYTES);
+        assert_eq!(route_ids(&table, "t", &empty_words), [100, 101]);
+        let longest = "a".repeat(KEY_LENGTH_MAX_BYTES);
+        assert_eq!(route_ids(&table, "t", &longest), [100, 101, 102]);
+
+        let mut out = RouteTargets::new();
+        let result = table.route("t", &(longest + "a"), &NoHeaders, &mut out);
+        assert_eq!(
+            result,
+            Err(RouteError::RoutingKeyTooLong { length_bytes: 256 })
+        );
+    }
+
+    #[test]
     fn route_targets_reused_across_tables_of_different_sizes_stay_correct() {
         let small = topic_table(&["#"]);
         let large = table(
