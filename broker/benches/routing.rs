@@ -57,7 +57,16 @@ const FORMAT_NAMES: [&str; 8] = ["pdf", "png", "csv", "json", "xml", "txt", "jpg
 
 const SEED: u64 = 0x0052_4f55_5449_4e47;
 
+/// Messages checked for agreement, and no timing, when the binary runs without `--bench` (as
+/// `cargo test --all-targets` runs it, unoptimised): a smoke test of both matchers.
+const SMOKE_SAMPLE_SIZE: usize = 256;
+
 fn main() {
+    if !std::env::args().any(|argument| argument == "--bench") {
+        smoke_test();
+        return;
+    }
+
     let load_at_start = read_load_average();
     let uptime_at_start = command_output("uptime", &[]);
     let mut results = Vec::new();
@@ -74,7 +83,11 @@ fn main() {
         "benchmark": "routing",
         "date_utc": today_utc(),
         "git_revision": command_output("git", &["rev-parse", "HEAD"]),
-        "git_worktree_dirty": !command_output("git", &["status", "--porcelain"]).is_empty(),
+        // Earlier reports under bench-results/ do not change the code being measured.
+        "git_changes_outside_bench_results": command_output(
+            "git",
+            &["status", "--porcelain", "--", ":(top,exclude)bench-results"],
+        ),
         "command": "cargo bench -p ruuster-broker --bench routing",
         "binary_arguments": std::env::args().collect::<Vec<_>>(),
         "profile": "bench (inherits release: opt-level 3, panic abort)",
@@ -163,12 +176,39 @@ impl MessageHeaders for BenchHeaders<'_> {
     }
 }
 
-fn measure(workload: Workload, binding_count: usize) -> Value {
+/// Checks that both matchers agree on every workload, without timing or writing a report.
+fn smoke_test() {
+    for &binding_count in &BINDING_COUNTS {
+        for workload in [Workload::Topic, Workload::Direct, Workload::Headers] {
+            let (metadata, messages) = workload_data(workload, binding_count, SMOKE_SAMPLE_SIZE);
+            let table = RoutingTable::build(1, &metadata).expect("benchmark metadata is valid");
+            let naive = NaiveExchange::new(&metadata);
+            let (matched_share, _) = check_agreement(workload, &table, &naive, &messages);
+            println!(
+                "{} at {binding_count} bindings: both matchers agree on {SMOKE_SAMPLE_SIZE} \
+                 messages, {matched_share:.2} of them routed",
+                workload.name()
+            );
+        }
+    }
+    println!("smoke run only: pass --bench (cargo bench) to time and write the report");
+}
+
+fn workload_data(
+    workload: Workload,
+    binding_count: usize,
+    message_count: usize,
+) -> (RoutingMetadata, Vec<Message>) {
     let mut random = SplitMix64(SEED ^ binding_count as u64 ^ workload as u64);
     let metadata = metadata(workload, binding_count, &mut random);
-    let messages: Vec<Message> = (0..KEY_POOL_SIZE)
+    let messages = (0..message_count)
         .map(|_| message(workload, binding_count, &mut random))
         .collect();
+    (metadata, messages)
+}
+
+fn measure(workload: Workload, binding_count: usize) -> Value {
+    let (metadata, messages) = workload_data(workload, binding_count, KEY_POOL_SIZE);
 
     let build_started = Instant::now();
     let table = RoutingTable::build(1, &metadata).expect("benchmark metadata is valid");
@@ -176,7 +216,7 @@ fn measure(workload: Workload, binding_count: usize) -> Value {
     let naive = NaiveExchange::new(&metadata);
 
     let (matched_share, targets_per_route_mean) =
-        check_agreement(workload, &table, &naive, &messages);
+        check_agreement(workload, &table, &naive, &messages[..AGREEMENT_SAMPLE_SIZE]);
 
     let real_routes_per_run = if workload == Workload::Headers {
         linear_routes_per_run(binding_count)
@@ -233,7 +273,7 @@ fn check_agreement(
     let mut naive_out = Vec::new();
     let mut matched_count = 0_usize;
     let mut target_count = 0_usize;
-    for message in &messages[..AGREEMENT_SAMPLE_SIZE] {
+    for message in messages {
         route_real(workload, table, message, &mut out);
         naive.route(message, &mut naive_out);
         let mut real: Vec<QueueId> = out.queues().to_vec();
@@ -253,7 +293,7 @@ fn check_agreement(
         matched_count += usize::from(!real.is_empty());
         target_count += real.len();
     }
-    let sample = AGREEMENT_SAMPLE_SIZE as f64;
+    let sample = messages.len() as f64;
     (matched_count as f64 / sample, target_count as f64 / sample)
 }
 
@@ -470,7 +510,7 @@ impl NaiveExchange {
                 let queue = metadata
                     .queues
                     .iter()
-                    .find(|q| q.name == binding.queue)
+                    .find(|queue| queue.name == binding.queue)
                     .unwrap();
                 let mut all = true;
                 let mut conditions = Vec::new();

@@ -1,5 +1,5 @@
 //! Headers-exchange matching: the borrowed view of a message's headers that routing reads, the
-//! owned binding arguments that the control plane stores, and the compiled form of one binding.
+//! owned binding arguments that the control plane stores, and the compiled headers exchange.
 //!
 //! Equality between an argument value and a header value is exact, as in RabbitMQ (`=:=` on the
 //! decoded values): integers equal integers of the same value, whatever width the wire used;
@@ -169,7 +169,7 @@ impl HeadersExchange {
             let range = binding.conditions_start as usize..binding.conditions_end as usize;
             let mut outcomes = self.condition_indexes[range]
                 .iter()
-                .map(|&i| holds[i as usize]);
+                .map(|&index| holds[index as usize]);
             let satisfied = if binding.requires_all {
                 outcomes.all(|held| held)
             } else {

@@ -249,7 +249,7 @@ fn model_route(metadata: &RoutingMetadata, message: &Message) -> Result<BTreeSet
     let Some(exchange) = metadata
         .exchanges
         .iter()
-        .find(|e| e.name == message.exchange)
+        .find(|exchange| exchange.name == message.exchange)
     else {
         return Err(RouteError::UnknownExchange);
     };
@@ -258,7 +258,7 @@ fn model_route(metadata: &RoutingMetadata, message: &Message) -> Result<BTreeSet
     for binding in metadata
         .bindings
         .iter()
-        .filter(|b| b.exchange == exchange.name)
+        .filter(|binding| binding.exchange == exchange.name)
     {
         let matched = match exchange.kind {
             ExchangeKind::Direct => binding.key == message.routing_key,
@@ -321,7 +321,7 @@ fn model_headers_match(arguments: &[BindingArgument], headers: &[(&str, OwnedHea
     if mode.starts_with("all") {
         outcomes.all(|outcome| outcome)
     } else {
-        outcomes.any(|o| o)
+        outcomes.any(|outcome| outcome)
     }
 }
 
@@ -414,35 +414,65 @@ proptest! {
         patterns in prop::collection::vec(key_from(&BINDING_WORDS, 7), 1..=12),
         keys in prop::collection::vec(key_from(&ROUTING_WORDS, 9), 1..=16),
     ) {
-        let metadata = RoutingMetadata {
-            exchanges: vec![ExchangeSpec { name: "t".to_owned(), kind: ExchangeKind::Topic }],
-            queues: (0..patterns.len())
-                .map(|index| QueueSpec {
-                    name: format!("q{index}"),
-                    id: QueueId(index as u32),
-                    owner: ShardId(0),
-                })
-                .collect(),
-            bindings: patterns
-                .iter()
-                .enumerate()
-                .map(|(index, pattern)| BindingSpec {
-                    exchange: "t".to_owned(),
-                    queue: format!("q{index}"),
-                    key: pattern.clone(),
-                    arguments: Vec::new(),
-                })
-                .collect(),
-        };
-        let table = RoutingTable::build(1, &metadata).expect("valid");
-        let mut out = RouteTargets::new();
-        for routing_key in keys {
-            let message = Message { exchange: "t".to_owned(), routing_key, headers: Vec::new() };
-            let expected = model_route(&metadata, &message);
-            let actual = table_route(&table, &metadata, &message, &mut out);
-            prop_assert_eq!(actual, expected, "key {:?}", message.routing_key);
-        }
+        check_topic_against_model(&patterns, keys)?;
     }
+
+    /// Twelve literals give trie nodes more literal edges than fit the listed form, so the hashed
+    /// form is checked too.
+    #[test]
+    fn topic_trie_agrees_with_the_model_on_wide_nodes(
+        patterns in prop::collection::vec(key_from(&WIDE_BINDING_WORDS, 3), 1..=40),
+        keys in prop::collection::vec(key_from(&WIDE_BINDING_WORDS[..12], 3), 1..=16),
+    ) {
+        check_topic_against_model(&patterns, keys)?;
+    }
+}
+
+const WIDE_BINDING_WORDS: [&str; 14] = [
+    "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "", "*", "#",
+];
+
+/// Binds pattern `i` to queue `q<i>` on one topic exchange and routes every key both ways.
+fn check_topic_against_model(
+    patterns: &[String],
+    keys: Vec<String>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let metadata = RoutingMetadata {
+        exchanges: vec![ExchangeSpec {
+            name: "t".to_owned(),
+            kind: ExchangeKind::Topic,
+        }],
+        queues: (0..patterns.len())
+            .map(|index| QueueSpec {
+                name: format!("q{index}"),
+                id: QueueId(index as u32),
+                owner: ShardId(index as u16 % 2),
+            })
+            .collect(),
+        bindings: patterns
+            .iter()
+            .enumerate()
+            .map(|(index, pattern)| BindingSpec {
+                exchange: "t".to_owned(),
+                queue: format!("q{index}"),
+                key: pattern.clone(),
+                arguments: Vec::new(),
+            })
+            .collect(),
+    };
+    let table = RoutingTable::build(1, &metadata).expect("valid");
+    let mut out = RouteTargets::new();
+    for routing_key in keys {
+        let message = Message {
+            exchange: "t".to_owned(),
+            routing_key,
+            headers: Vec::new(),
+        };
+        let expected = model_route(&metadata, &message);
+        let actual = table_route(&table, &metadata, &message, &mut out);
+        prop_assert_eq!(actual, expected, "key {:?}", message.routing_key);
+    }
+    Ok(())
 }
 
 /// A property test whose generator never produces a match would pass against a table that routes
@@ -462,7 +492,7 @@ fn generated_cases_route_a_good_share_of_messages_somewhere() {
                 .metadata
                 .exchanges
                 .iter()
-                .find(|e| e.name == message.exchange);
+                .find(|exchange| exchange.name == message.exchange);
             let counts = routed_by_kind
                 .entry(kind.map(|exchange| exchange.kind))
                 .or_default();

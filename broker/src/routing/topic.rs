@@ -6,7 +6,7 @@
 //! the `#` may absorb more. Matching keeps the set of nodes whose prefix matches the routing-key
 //! words read so far (an NFA simulation), taking the `#` edge of every node entered without
 //! reading a word, since `#` may match none. Each node enters the set at most once per word, so a
-//! route costs `O(words × live nodes)` hash lookups, at most `O(words × trie nodes)`, and never
+//! route costs `O(words × live nodes)` edge lookups, at most `O(words × trie nodes)`, and never
 //! more: a backtracking matcher is exponential in the number of `#` for keys such as
 //! `#.a.#.a.#.a` against `a.a.a...`. Consecutive `#` words are folded into one when a binding is
 //! inserted (`#.#` matches exactly what `#` matches), so no `#` node has a `#` edge.
@@ -26,15 +26,39 @@ const ONE_WORD: &str = "*";
 const ANY_WORDS: &str = "#";
 const WORD_SEPARATOR: char = '.';
 
+/// Nodes with at most this many literal edges keep them in a list compared word by word: most
+/// nodes of real binding sets have one or two (`region` → `<r>` → `sensor`), and comparing a short
+/// word costs less than hashing it.
+const LISTED_EDGE_COUNT_MAX: usize = 8;
+
 #[derive(Debug)]
 struct TopicNode {
-    literal_edges: NameMap<u32>,
+    literal_edges: LiteralEdges,
     one_word_edge: u32,
     any_words_edge: u32,
     /// Reached by a `#` edge: stays live on any word.
     absorbs_words: bool,
     /// The queue slots of bindings whose key ends here, free of repeats.
     queue_slots: Box<[u32]>,
+}
+
+/// The literal-word edges of a node, by word.
+#[derive(Debug)]
+enum LiteralEdges {
+    Listed(Box<[(Box<str>, u32)]>),
+    Hashed(NameMap<u32>),
+}
+
+impl LiteralEdges {
+    fn get(&self, word: &str) -> Option<u32> {
+        match self {
+            LiteralEdges::Listed(edges) => edges
+                .iter()
+                .find(|(edge_word, _)| &**edge_word == word)
+                .map(|&(_, child)| child),
+            LiteralEdges::Hashed(edges) => edges.get(word).copied(),
+        }
+    }
 }
 
 /// A compiled topic exchange.
@@ -86,7 +110,7 @@ impl TopicTrie {
             for index in 0..scratch.live.len() {
                 let node_index = scratch.live[index];
                 let node = &self.nodes[node_index as usize];
-                if let Some(&child) = node.literal_edges.get(word) {
+                if let Some(child) = node.literal_edges.get(word) {
                     self.enter(child, stamp, scratch);
                 }
                 if node.one_word_edge != NO_NODE {
@@ -194,8 +218,13 @@ impl TopicTrieBuilder {
                 let mut queue_slots = node.queue_slots;
                 queue_slots.sort_unstable();
                 queue_slots.dedup();
-                let mut literal_edges = node.literal_edges;
-                literal_edges.shrink_to_fit();
+                let literal_edges = if node.literal_edges.len() <= LISTED_EDGE_COUNT_MAX {
+                    LiteralEdges::Listed(node.literal_edges.into_iter().collect())
+                } else {
+                    let mut hashed = node.literal_edges;
+                    hashed.shrink_to_fit();
+                    LiteralEdges::Hashed(hashed)
+                };
                 TopicNode {
                     literal_edges,
                     one_word_edge: node.one_word_edge.unwrap_or(NO_NODE),
