@@ -453,8 +453,11 @@ impl Queue {
             self.cursor = 0;
         }
 
+        // Newest first: each message then lands in front of the ones just returned, which near
+        // the head is an O(1) insert; oldest first would shift every earlier one again, which for
+        // a full window of the maximum prefetch is billions of moved bytes.
         let mut requeued_count = 0;
-        for mut message in removed.into_held() {
+        for mut message in removed.into_held().rev() {
             self.unacked_count -= 1;
             self.unacked_bytes -= u64::from(message.size_bytes);
             message.redelivered = true;
@@ -527,6 +530,8 @@ impl Queue {
     }
 
     /// Nack or reject with requeue: the message goes back to its original place, redelivered.
+    /// For a nack of many deliveries, requeue them newest first: each then lands in front of the
+    /// ones already back instead of shifting them (see the requeue figures in the benchmark).
     pub fn requeue(&mut self, consumer: ConsumerId, sequence: u64) -> Result<(), QueueError> {
         let mut message = self.release(consumer, sequence)?;
         message.redelivered = true;
@@ -588,7 +593,7 @@ impl Queue {
     pub fn delete(mut self) -> Deleted {
         let consumers = self.consumers.iter().map(|c| c.id).collect();
         for consumer in std::mem::take(&mut self.consumers) {
-            for message in consumer.into_held() {
+            for message in consumer.into_held().rev() {
                 self.return_to_ready(message);
             }
         }

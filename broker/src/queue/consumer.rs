@@ -135,7 +135,7 @@ impl Consumer {
     }
 
     /// Ends the consumer, giving back every message it held, ascending by sequence.
-    pub(super) fn into_held(self) -> impl Iterator<Item = Message> {
+    pub(super) fn into_held(self) -> impl DoubleEndedIterator<Item = Message> {
         self.slots.into_iter().filter_map(|slot| match slot {
             Slot::Held(message) => Some(message),
             Slot::Settled { .. } => None,
