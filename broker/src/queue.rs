@@ -85,6 +85,10 @@ pub const PREFETCH_COUNT_MAX: u32 = 65_535;
 /// a delete answers every consumer with a cancel notice, so both stay cheap below this.
 pub const CONSUMERS_PER_QUEUE_MAX: usize = 1024;
 
+/// A ready list keeps up to this many entries of capacity however short it gets (about 100 KiB);
+/// below it, handing memory back costs more in reallocations than it saves.
+const LIST_CAPACITY_RETAINED_MIN: usize = 1024;
+
 /// What [`Queue::memory_bytes`] charges for each message beyond its body: the entry in its list.
 pub const MESSAGE_ENTRY_BYTES: u64 = std::mem::size_of::<Message>() as u64;
 
@@ -501,6 +505,8 @@ impl Queue {
             }
             delivered_count += 1;
         }
+
+        release_spare_capacity(&mut self.ready);
         delivered_count
     }
 
@@ -681,6 +687,16 @@ impl Queue {
         assert_eq!(unacked_count, self.unacked_count);
         assert_eq!(with_credit_count, self.consumers_with_credit_count);
         assert!(self.cursor < self.consumers.len().max(1));
+    }
+}
+
+/// Halves a list's capacity once it is less than a quarter used, so that a drained backlog of
+/// millions does not pin its peak memory for the queue's lifetime. Halving at a quarter keeps the
+/// cost amortised: the list must grow or shrink by a quarter of its capacity between two moves.
+fn release_spare_capacity<T>(list: &mut VecDeque<T>) {
+    let capacity = list.capacity();
+    if capacity > LIST_CAPACITY_RETAINED_MIN && list.len() < capacity / 4 {
+        list.shrink_to((capacity / 2).max(LIST_CAPACITY_RETAINED_MIN));
     }
 }
 
@@ -1126,6 +1142,26 @@ mod tests {
             }
         );
         assert_eq!(queue.memory_bytes(), 9 + 3 * MESSAGE_ENTRY_BYTES);
+    }
+
+    #[test]
+    fn a_drained_backlog_hands_its_memory_back() {
+        let mut queue = memory_queue_with(100_000);
+        let peak_capacity = queue.ready.capacity();
+        queue.add_consumer(ALICE, 0).unwrap();
+
+        let mut deliveries = Vec::new();
+        while queue.can_dispatch() {
+            deliveries.clear();
+            queue.dispatch(&mut deliveries);
+            for delivery in &deliveries {
+                queue.ack(ALICE, delivery.sequence).unwrap();
+            }
+        }
+        queue.check_invariants();
+        assert_eq!(queue.counts().ready_count, 0);
+        assert!(peak_capacity >= 100_000);
+        assert!(queue.ready.capacity() <= 2 * LIST_CAPACITY_RETAINED_MIN);
     }
 
     #[test]
