@@ -1,7 +1,11 @@
 //! One queue's state machine: its messages, the deliveries its consumers hold unacked, and their
 //! credit. Sans-IO and single-threaded: the shard that owns the queue calls it, journals what it
-//! reports, and turns its deliveries into frames. It does no I/O, reads no clock (times come in as
-//! `now_ms` arguments) and allocates only when one of its lists grows past its old capacity.
+//! reports, and turns its deliveries into frames. It does no I/O and reads no clock (times come
+//! from the runtime: `MessageMeta::enqueued_at_ms` now, `now_ms` arguments for the timed features
+//! to come). On the hot path (enqueue, dispatch, ack) it allocates only when a list grows past its
+//! capacity, and it never copies a body: a delivery clones the `Bytes` handle, a reference-count
+//! increment for bodies sliced from a shared receive buffer (a `Bytes` built from a `Vec` instead
+//! allocates its shared header on the first clone).
 //!
 //! **The invariant.** Every message the queue accepted is in exactly one place until it leaves:
 //! waiting for the watermark, ready, or held unacked by exactly one consumer. It leaves through
@@ -34,15 +38,19 @@
 //! budget, and above a high mark stop reading from publishing connections (credit withheld, rings
 //! left full) until acks, purges and expiry bring it below a low mark, while consumers and acks
 //! keep flowing. Later, a queue over its share may drop bodies of ready messages it can re-read
-//! from the journal (`size_bytes` is kept apart from the body for that reason).
+//! from the journal (`size_bytes` is kept apart from the body for that reason). The ready list
+//! hands back capacity once it is under a quarter used, so a drained backlog does not keep its
+//! peak; the figure counts entries in use, not spare capacity, which stays within about four
+//! times the entries in use plus a small floor.
 //!
 //! **How the next features fit** (none is implemented yet):
 //! - *Per-message and per-queue TTL, anywhere in the queue*: `MessageMeta::expires_at_ms` is
-//!   stored already. An expiry index (a heap or a timer wheel of `(expires_at_ms, sequence)`) is
-//!   drained by an `expire(now_ms)` step; each due sequence is found in `ready` by binary search and
-//!   removed, or left as a tombstone swept like a consumer's settled slots when removal in the
-//!   middle gets costly. A held message is skipped and expires when it comes back. Each leaves as a
-//!   `Departure` with reason `Expired`.
+//!   stored already (a per-queue TTL is folded into it at enqueue). An expiry index, a heap or a
+//!   timer wheel of `(expires_at_ms, sequence)`, is drained by an `expire(now_ms)` step; each due
+//!   sequence is found in `ready` or `waiting` by binary search, since both are sorted, and
+//!   removed, or left as a tombstone swept like a consumer's settled slots when removals in the
+//!   middle get costly. A held message is skipped and expires when it comes back. Each leaves as
+//!   a `Departure` with reason `Expired`.
 //! - *Max length and max bytes*: the counts are kept per operation already. Drop-head pops the
 //!   head of `ready` (then `waiting`) with reason `MaxLength`; reject-publish is a typed error from
 //!   [`Queue::enqueue`] before a sequence is assigned.
@@ -57,7 +65,8 @@
 //!   `(deadline, consumer, sequence)` with stale entries skipped lets a `time_out(now_ms)` step
 //!   requeue expired leases without scanning, and an extension only moves the slot's deadline.
 //! - *Dead-letter reasons*: [`DepartureReason`] already separates acked from rejected, purged and
-//!   deleted; the departure carries the body and metadata the dead-letter path needs.
+//!   deleted, and gains `Expired`, `MaxLength` and `DeliveryLimit`; the departure carries the body
+//!   and metadata the dead-letter path needs.
 
 mod consumer;
 #[cfg(test)]
