@@ -191,8 +191,9 @@ impl Departure {
     }
 }
 
-/// The messages a purge or a delete removed, as departures, ascending by sequence. Taken from the
-/// queue in O(1) so the runtime can mark them dead at its own pace, yielding between chunks.
+/// The messages a purge or a delete removed, as departures, ascending by sequence. The lists are
+/// taken whole, not walked, so the runtime can mark the records dead at its own pace, yielding
+/// between chunks.
 pub struct Departures {
     messages: std::collections::vec_deque::IntoIter<Message>,
     reason: DepartureReason,
