@@ -584,6 +584,15 @@ impl Queue {
 
         self.ready_bytes += u64::from(message.size_bytes);
         let sequence = message.sequence;
+        if self
+            .ready
+            .front()
+            .is_none_or(|first| sequence < first.sequence)
+        {
+            // The usual case: it was delivered from the head and nothing older came back since.
+            self.ready.push_front(message);
+            return;
+        }
         let index = self.ready.partition_point(|m| m.sequence < sequence);
         assert!(self.ready.get(index).is_none_or(|m| m.sequence != sequence));
         self.ready.insert(index, message);
