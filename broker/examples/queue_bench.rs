@@ -114,6 +114,13 @@ fn run_cycle(
             outstanding.len() <= window_max,
             "a prefetch window was exceeded"
         );
+        if published > window_max as u64 && published < messages {
+            assert_eq!(
+                outstanding.len(),
+                window_max,
+                "the windows are not kept full"
+            );
+        }
 
         // Keep the windows full while publishing: settle oldest first only what the next
         // round needs, so consumers run at their prefetch limit as slow consumers do.
