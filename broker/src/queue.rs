@@ -392,7 +392,8 @@ impl Queue {
 
     /// Tells the queue the shard's watermarks: everything below `written_offset` is in the OS,
     /// everything below `durable_offset` is fsynced. The queue follows the one its durability
-    /// names. Watermarks only move forward.
+    /// names. Watermarks only move forward. Costs one move per message the gate passes: what the
+    /// shard published between two watermark moves, or, once after recovery, the whole queue.
     pub fn advance_watermarks(&mut self, written_offset: u64, durable_offset: u64) {
         assert!(durable_offset <= written_offset);
         let watermark = match self.durability {
@@ -451,6 +452,10 @@ impl Queue {
 
     /// Cancels a consumer (basic.cancel, or its channel or connection closed). Every message it
     /// held goes back to its original place, marked redelivered. Returns how many went back.
+    ///
+    /// RabbitMQ differs on basic.cancel alone: it leaves the unacked deliveries with the channel
+    /// until they are acked or the channel closes. To match it, the runtime would need a "stop"
+    /// that withdraws the consumer's credit but keeps its held list; that does not exist yet.
     pub fn remove_consumer(&mut self, consumer: ConsumerId) -> Result<usize, QueueError> {
         let index = self
             .consumer_index(consumer)
