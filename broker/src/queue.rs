@@ -1071,7 +1071,9 @@ mod tests {
         queue.add_consumer(ALICE, 1).unwrap();
         dispatch_all(&mut queue);
 
-        let purged: Vec<Departure> = queue.purge().collect();
+        let departures = queue.purge();
+        assert_eq!(departures.len(), 3, "purge reports how many it removed");
+        let purged: Vec<Departure> = departures.collect();
         let offsets: Vec<Option<u64>> = purged.iter().map(|d| d.journal_offset).collect();
         assert_eq!(offsets, vec![Some(20), Some(30), Some(40)]);
         assert!(purged.iter().all(|d| d.reason == DepartureReason::Purged));

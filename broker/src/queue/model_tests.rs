@@ -5,6 +5,11 @@
 //! right; the queue must agree with it after every step, delivery for delivery. proptest reports
 //! the failing case (shrunk) and keeps its seed in `model_tests.regressions`, replayed first on
 //! every run.
+//!
+//! What it cannot catch: cost (a quadratic requeue agrees with the model; the benchmark watches
+//! that), journal offsets out of order within a queue and compaction copies seen twice in a replay
+//! (the test journal has neither; unit tests cover the second), and limits too large to reach in
+//! a short run (the prefetch and consumer maxima, 4 GiB bodies).
 
 use std::collections::BTreeMap;
 
