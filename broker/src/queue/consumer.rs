@@ -93,9 +93,15 @@ impl Consumer {
     /// Gives back the held delivery with this sequence, or `None` if this consumer does not hold
     /// it (never delivered to it, or already settled).
     pub(super) fn release(&mut self, sequence: u64) -> Option<Message> {
-        let index = self
-            .slots
-            .partition_point(|slot| slot.sequence() < sequence);
+        // Most acks settle the oldest delivery, and a nack of many requeues newest first; skip
+        // the search for both.
+        let index = if self.slots.front().is_some_and(|s| s.sequence() == sequence) {
+            0
+        } else if self.slots.back().is_some_and(|s| s.sequence() == sequence) {
+            self.slots.len() - 1
+        } else {
+            self.slots.partition_point(|s| s.sequence() < sequence)
+        };
         let slot = self.slots.get_mut(index)?;
         if slot.sequence() != sequence || matches!(slot, Slot::Settled { .. }) {
             return None;
@@ -135,7 +141,7 @@ impl Consumer {
     }
 
     /// Ends the consumer, giving back every message it held, ascending by sequence.
-    pub(super) fn into_held(self) -> impl Iterator<Item = Message> {
+    pub(super) fn into_held(self) -> impl DoubleEndedIterator<Item = Message> {
         self.slots.into_iter().filter_map(|slot| match slot {
             Slot::Held(message) => Some(message),
             Slot::Settled { .. } => None,

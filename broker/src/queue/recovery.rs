@@ -48,7 +48,7 @@ impl QueueRecovery {
             size_bytes: body.len(),
         })?;
 
-        self.next_sequence = self.next_sequence.max(sequence + 1);
+        self.next_sequence = self.next_sequence.max(sequence.saturating_add(1));
         let message = Message {
             sequence,
             journal_offset: Some(journal_offset),
@@ -68,7 +68,7 @@ impl QueueRecovery {
     /// when the message's own record is already gone (its segment was deleted once every record
     /// in it was dead), which is expected and harmless.
     pub fn forget(&mut self, sequence: u64) -> Option<u64> {
-        self.next_sequence = self.next_sequence.max(sequence + 1);
+        self.next_sequence = self.next_sequence.max(sequence.saturating_add(1));
         self.messages.remove(&sequence)?.journal_offset
     }
 
