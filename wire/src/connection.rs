@@ -93,6 +93,8 @@ pub struct Negotiated {
     pub frame_size_max: u32,
     /// Published messages that may await a confirm at once.
     pub unconfirmed_max: u32,
+    /// The largest prefetch a consumer may ask for.
+    pub prefetch_max: u32,
 }
 
 /// One side of one connection.
@@ -363,6 +365,7 @@ impl Connection {
             heartbeat,
             frame_size_max: welcome.frame_size_max,
             unconfirmed_max: welcome.unconfirmed_max,
+            prefetch_max: welcome.prefetch_max,
         });
         self.state = State::Open;
         Ok(())

@@ -290,6 +290,14 @@ impl Frame {
         let length = (size - FRAME_HEADER_SIZE) as u32;
         dst[start + FRAME_LENGTH_OFFSET..start + FRAME_OPCODE_OFFSET]
             .copy_from_slice(&length.to_le_bytes());
+
+        // Formats are checked twice: what the encoder wrote must read back as the same frame.
+        // Debug builds only, as it copies the frame.
+        debug_assert_eq!(
+            Frame::decode(Bytes::copy_from_slice(&dst[start..])).as_ref(),
+            Ok(self),
+            "an encoded frame does not decode to itself"
+        );
         Ok(size)
     }
 

@@ -22,6 +22,11 @@
 //! allocated, and malformed input returns an [`Error`] with the offset and the expected field; the
 //! decoder does not panic on any input (property tests and a fuzz target check this).
 //!
+//! Copies per message, as far as this crate is concerned: decoding a `Publish` or a `Deliver`
+//! copies nothing (bodies are slices of the receive buffer); [`Frame::encode`] copies each body
+//! once into the send buffer, which [`frame::Deliver::encode_head`] avoids for deliveries by
+//! leaving the body to a vectored write.
+//!
 //! A client's handshake and first publish, with the socket left out (the server side mirrors it
 //! with [`Role::Server`] and [`handshake::negotiate`]):
 //!
