@@ -67,8 +67,8 @@
 //! }
 //! decoder.set_frame_size_max(connection.frame_size_max());
 //!
-//! let properties =
-//!     Properties { content_type: Some(ShortStr::from_static("text/plain")), ..Default::default() };
+//! let content_type = Some(ShortStr::from_static("text/plain"));
+//! let properties = Properties { content_type, ..Properties::default() };
 //! let body = properties.to_body(b"hello")?;
 //! let publish = Frame::Publish(Publish {
 //!     exchange: ShortStr::default(),
