@@ -109,6 +109,12 @@ impl Properties {
         if result.is_err() {
             dst.truncate(start);
         }
+        debug_assert!(
+            result.is_err()
+                || Body::parse(Bytes::copy_from_slice(&dst[start..]))
+                    .is_ok_and(|body| body.properties() == *self && body.payload() == payload),
+            "an encoded body does not parse back to its properties and payload"
+        );
         result
     }
 
@@ -303,7 +309,10 @@ impl Body {
     pub fn properties(&self) -> Properties {
         Properties {
             content_type: self.content_type.clone(),
-            headers: self.headers.as_ref().map(|_| self.headers().collect()),
+            headers: self
+                .headers
+                .as_ref()
+                .map(|_| Table::from_wire(self.headers().collect())),
             priority: self.priority,
             expiration_ms: self.expiration_ms,
             message_id: self.message_id.clone(),
@@ -385,6 +394,23 @@ mod tests {
         let bytes = full_properties().to_body(b"payload").unwrap();
         let body = Body::parse(bytes.clone()).unwrap();
         assert_eq!(body.payload().as_ptr(), bytes[bytes.len() - 7..].as_ptr());
+    }
+
+    #[test]
+    fn repeated_header_keys_survive_a_round_trip_and_the_first_wins() {
+        // Version 1, headers only: two entries named "k", ints 1 and 2, then payload "p".
+        let mut bytes = vec![1, 0b10, 0, 2, 0];
+        for value in [1u8, 2] {
+            bytes.extend_from_slice(&[1, b'k', 3, value, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        bytes.push(b'p');
+        let body = Body::parse(Bytes::from(bytes.clone())).unwrap();
+        assert_eq!(body.header("k"), Some(Value::Int(1)));
+        assert_eq!(
+            body.properties().headers.map(|headers| headers.len()),
+            Some(2)
+        );
+        assert_eq!(&body.properties().to_body(b"p").unwrap()[..], &bytes[..]);
     }
 
     #[test]

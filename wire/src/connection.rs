@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorCode, Role};
 use crate::frame::{Frame, Hello, Sender, Welcome, sender_of};
 use crate::limits::{
-    FRAME_SIZE_MAX, FRAME_SIZE_MIN, HANDSHAKE_FRAME_SIZE_MAX, HEARTBEAT_INTERVAL_MAX,
-    HEARTBEAT_INTERVAL_MIN, MISSED_HEARTBEATS_MAX,
+    FRAME_SIZE_MAX, FRAME_SIZE_MIN, HANDSHAKE_FRAME_SIZE_MAX, HANDSHAKE_TIMEOUT_MAX,
+    HEARTBEAT_INTERVAL_MAX, HEARTBEAT_INTERVAL_MIN, MISSED_HEARTBEATS_MAX,
 };
 
 /// Where a connection is in its life.
@@ -93,6 +93,8 @@ pub struct Negotiated {
     pub frame_size_max: u32,
     /// Published messages that may await a confirm at once.
     pub unconfirmed_max: u32,
+    /// The largest prefetch a consumer may ask for.
+    pub prefetch_max: u32,
 }
 
 /// One side of one connection.
@@ -112,8 +114,9 @@ pub struct Connection {
 
 impl Connection {
     /// A connection that started at `now` (connect or accept) and must complete its handshake
-    /// within `handshake_timeout`.
+    /// within `handshake_timeout` (at most [`HANDSHAKE_TIMEOUT_MAX`]).
     pub fn new(role: Role, now: Instant, handshake_timeout: Duration) -> Connection {
+        let handshake_timeout = handshake_timeout.min(HANDSHAKE_TIMEOUT_MAX);
         Connection {
             role,
             state: State::AwaitingHello,
@@ -363,6 +366,7 @@ impl Connection {
             heartbeat,
             frame_size_max: welcome.frame_size_max,
             unconfirmed_max: welcome.unconfirmed_max,
+            prefetch_max: welcome.prefetch_max,
         });
         self.state = State::Open;
         Ok(())
@@ -527,6 +531,16 @@ mod tests {
         assert_eq!(
             server.on_tick(start + TIMEOUT),
             Tick::Expired(Error::HandshakeTimeout)
+        );
+    }
+
+    #[test]
+    fn an_unbounded_handshake_timeout_is_clamped_rather_than_overflowing() {
+        let start = Instant::now();
+        let connection = Connection::new(Role::Server, start, Duration::MAX);
+        assert_eq!(
+            connection.next_deadline(),
+            Some(start + HANDSHAKE_TIMEOUT_MAX)
         );
     }
 

@@ -1,10 +1,10 @@
 //! The numbered error codes of the protocol and the crate's one error type.
 //!
-//! [`ErrorCode`] is what travels on the wire (in `Error`, `Close`, `Confirm`, `Return`, `Blocked`
-//! and `CancelNotice` frames). Codes are fixed numbers grouped by hundreds and never reused; a
-//! retired code stays reserved. A peer must accept codes it does not know: [`ErrorCode`] is an open
-//! newtype, not a closed enum, so an older client still decodes a newer broker's frames and can fall
-//! back on the group ([`ErrorCode::group`]).
+//! [`ErrorCode`] is what travels on the wire (in `ErrorReply`, `Close`, `Confirm`, `Return`,
+//! `Blocked` and `CancelNotice` frames). Codes are fixed numbers grouped by hundreds and never
+//! reused; a retired code stays reserved. A peer must accept codes it does not know: [`ErrorCode`]
+//! is an open newtype, not a closed enum, so an older client still decodes a newer broker's frames
+//! and can fall back on the group ([`ErrorCode::group`]).
 //!
 //! [`Error`] is what this crate returns: every decode failure carries the byte offset (from the
 //! start of the frame, or of the message body for body errors) and the field that was expected, so

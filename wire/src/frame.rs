@@ -266,9 +266,9 @@ frames! {
 
 impl Frame {
     /// Appends this frame to `dst` and returns its size. Fails, leaving `dst` as it was, if a
-    /// field exceeds its limit or the frame would exceed `max_frame_size` (the peer's negotiated
+    /// field exceeds its limit or the frame would exceed `frame_size_max` (the peer's negotiated
     /// maximum, or [`crate::limits::HANDSHAKE_FRAME_SIZE_MAX`] before the handshake).
-    pub fn encode(&self, dst: &mut BytesMut, max_frame_size: u32) -> Result<usize, Error> {
+    pub fn encode(&self, dst: &mut BytesMut, frame_size_max: u32) -> Result<usize, Error> {
         let start = dst.len();
         dst.put_u32_le(0);
         dst.put_u16_le(self.opcode());
@@ -280,16 +280,24 @@ impl Frame {
         }
 
         let size = dst.len() - start;
-        if size as u64 > u64::from(max_frame_size) {
+        if size as u64 > u64::from(frame_size_max) {
             dst.truncate(start);
             return Err(Error::FrameTooLarge {
                 size: size as u64,
-                limit: max_frame_size,
+                limit: frame_size_max,
             });
         }
         let length = (size - FRAME_HEADER_SIZE) as u32;
         dst[start + FRAME_LENGTH_OFFSET..start + FRAME_OPCODE_OFFSET]
             .copy_from_slice(&length.to_le_bytes());
+
+        // Formats are checked twice: what the encoder wrote must read back as the same frame.
+        // Debug builds only, as it copies the frame.
+        debug_assert_eq!(
+            Frame::decode(Bytes::copy_from_slice(&dst[start..])).as_ref(),
+            Ok(self),
+            "an encoded frame does not decode to itself"
+        );
         Ok(size)
     }
 
@@ -1429,14 +1437,14 @@ impl Deliver {
     /// the body's length prefix, and returns the whole frame's size. Writing these bytes and then
     /// [`Deliver::body`] (with vectored I/O, for example) puts exactly [`Frame::encode`]'s bytes
     /// on the wire without copying the body into the send buffer.
-    pub fn encode_head(&self, dst: &mut BytesMut, max_frame_size: u32) -> Result<usize, Error> {
+    pub fn encode_head(&self, dst: &mut BytesMut, frame_size_max: u32) -> Result<usize, Error> {
         let names_size = 1 + self.exchange.len() + 1 + self.routing_key.len();
         let head_size = FRAME_HEADER_SIZE + DELIVER_FIXED_SIZE + names_size + 4;
         let frame_size = head_size as u64 + self.body.len() as u64;
-        if frame_size > u64::from(max_frame_size) {
+        if frame_size > u64::from(frame_size_max) {
             return Err(Error::FrameTooLarge {
                 size: frame_size,
-                limit: max_frame_size,
+                limit: frame_size_max,
             });
         }
 

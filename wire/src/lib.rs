@@ -22,6 +22,11 @@
 //! allocated, and malformed input returns an [`Error`] with the offset and the expected field; the
 //! decoder does not panic on any input (property tests and a fuzz target check this).
 //!
+//! Copies per message, as far as this crate is concerned: decoding a `Publish` or a `Deliver`
+//! copies nothing (bodies are slices of the receive buffer); [`Frame::encode`] copies each body
+//! once into the send buffer, which [`frame::Deliver::encode_head`] avoids for deliveries by
+//! leaving the body to a vectored write.
+//!
 //! A client's handshake and first publish, with the socket left out (the server side mirrors it
 //! with [`Role::Server`] and [`handshake::negotiate`]):
 //!
@@ -62,8 +67,8 @@
 //! }
 //! decoder.set_frame_size_max(connection.frame_size_max());
 //!
-//! let properties =
-//!     Properties { content_type: Some(ShortStr::from_static("text/plain")), ..Default::default() };
+//! let content_type = Some(ShortStr::from_static("text/plain"));
+//! let properties = Properties { content_type, ..Properties::default() };
 //! let body = properties.to_body(b"hello")?;
 //! let publish = Frame::Publish(Publish {
 //!     exchange: ShortStr::default(),

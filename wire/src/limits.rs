@@ -70,3 +70,8 @@ pub const MISSED_HEARTBEATS_MAX: u32 = 2;
 /// How long a server waits from accept to a completed handshake. Bounds the time an idle or slow
 /// unauthenticated socket holds a connection slot.
 pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// The longest handshake timeout a [`crate::connection::Connection`] accepts; longer values are
+/// clamped to it. Waiting longer only holds a connection slot, and the bound keeps the deadline
+/// arithmetic far from `Instant` overflow.
+pub const HANDSHAKE_TIMEOUT_MAX: Duration = Duration::from_secs(600);

@@ -158,6 +158,12 @@ impl Table {
         self.entries.is_empty()
     }
 
+    /// A table of exactly `entries`, repeated keys included, as decoded from the wire: keeping
+    /// them is what makes a decoded table re-encode to the same bytes.
+    pub(crate) fn from_wire(entries: Vec<(ShortStr, Value)>) -> Table {
+        Table { entries }
+    }
+
     pub(crate) fn encode(&self, dst: &mut BytesMut) -> Result<(), Error> {
         put_count(
             dst,

@@ -1,6 +1,6 @@
 //! Keeps `PROTOCOL.md` and the code in step: every hex dump in the document decodes to the frame
-//! its caption names, re-encodes to the same bytes, and carries valid bodies; every opcode heading
-//! and every error code row matches the code's tables.
+//! its caption names, re-encodes to the same bytes, and carries valid bodies; every opcode heading,
+//! every error code row and every limits row match the code.
 //!
 //! Hex dump format (documented in the spec): a fenced block tagged `hex` holds one frame; its first
 //! line is `# <Frame name>, <client|server> to <server|client>`; on the other lines, text after
@@ -110,29 +110,14 @@ fn every_hex_dump_in_the_spec_decodes_to_the_frame_its_caption_names() {
         shown.insert(name.to_owned());
     }
 
-    // The worked examples the spec promises: handshake, declare, publish with its confirm (and a
-    // return), delivery with its ack, an error, heartbeat and close.
-    let required = [
-        "Hello",
-        "Welcome",
-        "ExchangeDeclare",
-        "QueueDeclare",
-        "QueueDeclareOk",
-        "QueueBind",
-        "Publish",
-        "Confirm",
-        "Return",
-        "Consume",
-        "Deliver",
-        "Ack",
-        "ErrorReply",
-        "Heartbeat",
-        "Close",
-        "CloseOk",
-    ];
-    for name in required {
-        assert!(shown.contains(name), "no worked example for {name}");
-    }
+    // The worked examples the spec promises (handshake, declare, publish with its confirm and a
+    // return, delivery with its ack, an error, heartbeat and close), and beyond them one dump of
+    // every frame, so that every layout in the document is checked against the code.
+    let every: BTreeSet<String> = OPCODES
+        .iter()
+        .map(|opcode| name_of(*opcode).expect("named").to_owned())
+        .collect();
+    assert_eq!(shown, every);
 }
 
 #[test]
@@ -162,5 +147,41 @@ fn the_error_code_table_lists_every_code_with_its_name_and_closing_rule() {
         };
         let row = format!("| {} | `{name}` | {closes} |", code.0);
         assert!(spec.contains(&row), "spec lacks the row starting '{row}'");
+    }
+}
+
+#[test]
+fn the_limits_table_states_the_values_of_the_code() {
+    use ruuster_wire::limits::*;
+
+    let spec = spec();
+    let heartbeat = format!(
+        "| heartbeat interval | {} ms to {} s; default {} s |",
+        HEARTBEAT_INTERVAL_MIN.as_millis(),
+        HEARTBEAT_INTERVAL_MAX.as_secs(),
+        HEARTBEAT_INTERVAL_DEFAULT.as_secs()
+    );
+    let handshake_timeout_s = HANDSHAKE_TIMEOUT_DEFAULT.as_secs();
+    let rows = [
+        format!("| frame size before the handshake | {HANDSHAKE_FRAME_SIZE_MAX} bytes |"),
+        format!(
+            "| negotiated max frame size | {FRAME_SIZE_MIN} to {FRAME_SIZE_MAX} bytes; \
+             server default {FRAME_SIZE_DEFAULT} |"
+        ),
+        format!("| short string (`sstr`) | {SHORT_STR_SIZE_MAX} bytes |"),
+        format!("| table entries | {TABLE_ENTRY_COUNT_MAX} |"),
+        format!("| messages per `Publish` | 1 to {PUBLISH_BATCH_COUNT_MAX} |"),
+        format!("| credentials | {CREDENTIALS_SIZE_MAX} bytes |"),
+        format!("| shards in `Welcome` | 1 to {SHARD_COUNT_MAX} |"),
+        format!("| counters in `StatsOk` | {STATS_ENTRY_COUNT_MAX} |"),
+        heartbeat,
+        format!("| missed heartbeats | {MISSED_HEARTBEATS_MAX} intervals of silence |"),
+        format!("| handshake timeout | server setting; default {handshake_timeout_s} s |"),
+    ];
+    for row in rows {
+        assert!(
+            spec.contains(&row),
+            "spec lacks the limits row starting '{row}'"
+        );
     }
 }

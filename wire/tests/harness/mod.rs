@@ -2,8 +2,9 @@
 //! two input interpreters and the invariants they check. Any panic here is a finding.
 //!
 //! - [`decode_input`]: arbitrary bytes through the framing decoder; every frame that decodes must
-//!   re-encode to the same bytes and decode to the same value, and every body must validate or be
-//!   refused without a panic.
+//!   re-encode to the same bytes and decode to the same value, every body must validate or be
+//!   refused without a panic, and a client and a server state machine are handed each frame
+//!   whatever their state (they may refuse it, but must not panic).
 //! - [`drive_connection`]: bytes as a script of frames sent between a client and a server state
 //!   machine, with time advancing; a frame one side may send must be accepted by the other, and
 //!   both sides must agree on publish sequence numbers.
@@ -37,13 +38,31 @@ pub fn decode_input(data: &[u8]) {
     let mut decoder = FrameDecoder::new(limit);
     let mut buffer = BytesMut::new();
     let chunk = usize::from(selector >> 1) + 1;
+    let start = Instant::now();
+    let mut sides = [
+        Connection::new(Role::Client, start, Duration::from_secs(1)),
+        Connection::new(Role::Server, start, Duration::from_secs(1)),
+    ];
+    let mut frame_count = 0u32;
 
     // Bounded: every iteration either consumes input or ends the loop.
     for piece in rest.chunks(chunk) {
         buffer.extend_from_slice(piece);
         loop {
             match decoder.decode(&mut buffer) {
-                Ok(Some(frame)) => check_frame(&frame),
+                Ok(Some(frame)) => {
+                    check_frame(&frame);
+                    // Any frame, legal or not, in whatever state the sides reached: the state
+                    // machines may refuse it but must not panic or break their invariants.
+                    frame_count += 1;
+                    let now = start + Duration::from_millis(u64::from(frame_count) * 300);
+                    for side in &mut sides {
+                        let _ = side.on_receive(&frame, now);
+                        let _ = side.on_send(&frame, now);
+                        check_tick(side, now);
+                        assert!(side.unconfirmed() < side.next_sequence());
+                    }
+                }
                 Ok(None) => break,
                 Err(error) => {
                     let _ = error.to_string();
