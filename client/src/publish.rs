@@ -491,7 +491,11 @@ mod tests {
             total += publish.messages.len();
         }
         assert_eq!(total, 10);
-        assert_eq!(frames.len(), 4, "three messages of 1008 bytes fit in 4096");
+        assert_eq!(
+            frames.len(),
+            3,
+            "four messages of 1008 bytes and 14 fixed fit in 4096"
+        );
     }
 
     #[test]
