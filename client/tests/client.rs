@@ -869,3 +869,217 @@ async fn connect_to_queue_owner_reconnects_to_the_owners_shard_port() {
     drop(connection);
     bounded("script", script).await.unwrap();
 }
+
+/// Every error code a server may send in `ErrorReply` reaches the caller as
+/// `ClientError::Server` with that code and its name, and the connection stays open.
+#[tokio::test]
+async fn every_request_level_error_code_becomes_a_typed_server_error() {
+    let codes: Vec<ErrorCode> = ErrorCode::all()
+        .filter(|code| !code.closes_connection())
+        .collect();
+    let count = codes.len();
+    let server = FakeServer::bind().await;
+    let options = server.options();
+    let replies = codes.clone();
+    let script = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        peer.handshake(welcome(server.port())).await;
+        for code in replies {
+            let request = peer.recv_skipping_heartbeats().await;
+            let request_id = request.request_id().unwrap();
+            let message = ShortStr::try_from(format!("code {}", code.0)).unwrap();
+            peer.send(ErrorReply {
+                request_id,
+                code,
+                message,
+            })
+            .await;
+        }
+        peer.drain_until_eof().await
+    });
+
+    let connection = bounded("connect", Client::connect(&options)).await.unwrap();
+    for code in codes {
+        let error = bounded("purge", connection.queue_purge("q"))
+            .await
+            .unwrap_err();
+        let ClientError::Server(server_error) = error else {
+            panic!("expected a server error for {code}, got {error:?}");
+        };
+        assert_eq!(server_error.code, code);
+        assert_eq!(Some(server_error.name()), code.name());
+        assert_eq!(server_error.message, format!("code {}", code.0));
+    }
+    assert!(connection.ended().is_none());
+    assert!(
+        count >= 15,
+        "the spec lists at least 15 request-level codes, found {count}"
+    );
+    drop(connection);
+    let frames = bounded("script", script).await.unwrap();
+    assert!(matches!(&frames[..], [Frame::Close(c)] if c.code == ErrorCode::NORMAL_CLOSE));
+}
+
+/// A fatal `Close` from the server mid-session is answered with `CloseOk` and fails every waiter
+/// (a request, a confirm, a consumer) with `ClosedByServer` and the server's code.
+#[tokio::test]
+async fn a_fatal_close_from_the_server_fails_every_waiter_with_its_code() {
+    let server = FakeServer::bind().await;
+    let options = server.options();
+    let script = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        peer.handshake(welcome(server.port())).await;
+        let Frame::Consume(consume) = peer.recv_skipping_heartbeats().await else {
+            panic!("expected Consume");
+        };
+        peer.send(ConsumeOk {
+            request_id: consume.request_id,
+            consumer_id: 1,
+            consumer_tag: ShortStr::from_static("c"),
+        })
+        .await;
+        assert!(matches!(
+            peer.recv_skipping_heartbeats().await,
+            Frame::Publish(_)
+        ));
+        assert!(matches!(
+            peer.recv_skipping_heartbeats().await,
+            Frame::Stats(_)
+        ));
+        peer.send(close(ErrorCode::INTERNAL_ERROR, "shard 1 failed"))
+            .await;
+        peer.drain_until_eof().await
+    });
+
+    let connection = bounded("connect", Client::connect(&options)).await.unwrap();
+    let consume_options = ConsumeOptions::default();
+    let consume = connection.consume("q", "c", 5, &consume_options);
+    let mut consumer = bounded("consume", consume).await.unwrap();
+    let defaults = PublishOptions::default();
+    let publish = connection.publish("", "q", ruuster_client::body(b"m"), &defaults);
+    let pending = bounded("publish", publish).await.unwrap();
+    let stats = bounded("stats", connection.stats()).await.unwrap_err();
+
+    let internal = |error: &ClientError| error.code() == Some(ErrorCode::INTERNAL_ERROR);
+    assert!(
+        internal(&stats) && matches!(stats, ClientError::ClosedByServer(_)),
+        "{stats:?}"
+    );
+    assert!(internal(&bounded("confirm", pending).await.unwrap_err()));
+    match bounded("recv", consumer.recv()).await {
+        Err(ConsumerEnd::ConnectionClosed(error)) => assert!(internal(&error)),
+        other => panic!("expected the connection's end, got {other:?}"),
+    }
+    let frames = bounded("script", script).await.unwrap();
+    assert_eq!(frames, [Frame::CloseOk(CloseOk)]);
+}
+
+/// A server that delivers more than the prefetch to a consumer breaks the protocol: the client
+/// ends the connection instead of buffering without bound.
+#[tokio::test]
+async fn deliveries_past_the_prefetch_end_the_connection_as_a_violation() {
+    let server = FakeServer::bind().await;
+    let options = server.options();
+    let script = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        peer.handshake(welcome(server.port())).await;
+        let Frame::Consume(consume) = peer.recv_skipping_heartbeats().await else {
+            panic!("expected Consume");
+        };
+        let mut frames = vec![Frame::ConsumeOk(ConsumeOk {
+            request_id: consume.request_id,
+            consumer_id: 1,
+            consumer_tag: ShortStr::from_static("c"),
+        })];
+        for delivery_tag in 1..=3 {
+            frames.push(Frame::Deliver(Deliver {
+                consumer_id: 1,
+                delivery_tag,
+                delivery_count: 1,
+                redelivered: false,
+                exchange: ShortStr::default(),
+                routing_key: ShortStr::from_static("q"),
+                body: ruuster_client::body(b"m"),
+            }));
+        }
+        peer.send_all(&frames).await;
+        peer.drain_until_eof().await
+    });
+
+    let connection = bounded("connect", Client::connect(&options)).await.unwrap();
+    let consume_options = ConsumeOptions::default();
+    let consume = connection.consume("q", "c", 2, &consume_options);
+    let mut consumer = bounded("consume", consume).await.unwrap();
+    let error = bounded("violation", connection.wait_ended()).await;
+    assert!(matches!(error, ClientError::Violation(ref detail) if detail.contains("prefetch")));
+    for tag in [1, 2] {
+        assert_eq!(
+            bounded("recv", consumer.recv()).await.unwrap().delivery_tag,
+            tag
+        );
+    }
+    assert!(matches!(
+        consumer.recv().await,
+        Err(ConsumerEnd::ConnectionClosed(_))
+    ));
+    let frames = bounded("script", script).await.unwrap();
+    assert!(matches!(&frames[..], [Frame::Close(c)] if c.code == ErrorCode::UNEXPECTED_FRAME));
+}
+
+/// Dropping a consumer sends `Cancel` without waiting, and a delivery that arrives before the
+/// server's `CancelOk` is handed back with a requeueing `Reject`.
+#[tokio::test]
+async fn dropping_a_consumer_cancels_it_and_requeues_what_arrives_after() {
+    let server = FakeServer::bind().await;
+    let options = server.options();
+    let (settled, settled_rx) = tokio::sync::oneshot::channel();
+    let script = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        peer.handshake(welcome(server.port())).await;
+        let Frame::Consume(consume) = peer.recv_skipping_heartbeats().await else {
+            panic!("expected Consume");
+        };
+        peer.send(ConsumeOk {
+            request_id: consume.request_id,
+            consumer_id: 4,
+            consumer_tag: ShortStr::from_static("c"),
+        })
+        .await;
+        let Frame::Cancel(cancel) = peer.recv_skipping_heartbeats().await else {
+            panic!("expected Cancel");
+        };
+        assert_eq!(cancel.consumer_id, 4);
+        let deliver = Frame::Deliver(Deliver {
+            consumer_id: 4,
+            delivery_tag: 1,
+            delivery_count: 1,
+            redelivered: false,
+            exchange: ShortStr::default(),
+            routing_key: ShortStr::from_static("q"),
+            body: ruuster_client::body(b"late"),
+        });
+        let cancel_ok = Frame::CancelOk(CancelOk {
+            request_id: cancel.request_id,
+            consumer_id: 4,
+        });
+        peer.send_all(&[deliver, cancel_ok]).await;
+        settled.send(peer.recv_skipping_heartbeats().await).unwrap();
+        peer.drain_until_eof().await
+    });
+
+    let connection = bounded("connect", Client::connect(&options)).await.unwrap();
+    let consume_options = ConsumeOptions::default();
+    let consume = connection.consume("q", "c", 5, &consume_options);
+    drop(bounded("consume", consume).await.unwrap());
+    let requeue = bounded("requeue", settled_rx).await.unwrap();
+    assert_eq!(
+        requeue,
+        Frame::Reject(Reject {
+            delivery_tag: 1,
+            requeue: true
+        })
+    );
+    bounded("close", connection.close()).await.unwrap();
+    let rest = bounded("script", script).await.unwrap();
+    assert!(matches!(&rest[..], [Frame::Close(_)]), "{rest:?}");
+}
