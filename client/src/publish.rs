@@ -340,6 +340,10 @@ impl Connection {
             let mut core = shared.lock();
             let first = core.machine.next_sequence();
             if let Err(error) = queue_frames(&mut core, &frames) {
+                if let ClientError::Protocol(_) = error {
+                    // See `queue_frames`: the sequence numbers can no longer be trusted.
+                    shared.end(&mut core, error.clone());
+                }
                 drop(core);
                 shared.window.add_permits(count);
                 return Err(error);
@@ -373,8 +377,9 @@ fn queue_frames(core: &mut crate::connection::Core, frames: &[Frame]) -> Result<
     let now = std::time::Instant::now();
     for frame in frames {
         // The window is at most the negotiated maximum and the state was checked open, so the
-        // machine accepts every frame; an error here is a bug, and the sequence numbers could no
-        // longer be trusted, so the connection ends.
+        // machine accepts every frame; an error here is a bug, and once part of a batch has been
+        // counted the sequence numbers can no longer be trusted, so the caller ends the
+        // connection.
         if let Err(error) = core.machine.on_send(frame, now) {
             core.outbound.truncate(start);
             return Err(ClientError::Protocol(error));
