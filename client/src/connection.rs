@@ -34,13 +34,13 @@ use ruuster_wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::consumer::{ConsumerEnd, ConsumerSlot};
 use crate::error::{ClientError, ServerError};
 use crate::options::{ConnectOptions, ExchangeOptions, QueueOptions};
-use crate::publish::ConfirmQueue;
+use crate::publish::{ConfirmQueue, ReturnedMessage};
 
 /// Bytes kept free in the receive buffer before each read. 64 KiB takes a whole batch of small
 /// deliveries in one `read`; a larger frame makes the decoder reserve exactly what it lacks.
@@ -54,6 +54,11 @@ const WRITE_BUFFER_RETAINED_MAX: usize = 1024 * 1024;
 /// than this gains nothing (the broker applies topology changes in order on shard 0), and the
 /// bound keeps the reply map small; further requests wait for a slot.
 const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// Returned messages a [`Connection::returns`] subscriber may fall behind by before it misses
+/// some (and is told how many): returns are rare (mandatory publishes that match nothing), and each
+/// batch's confirmation carries its own regardless, so this only bounds the side channel.
+const RETURNS_BUFFERED_MAX: usize = 1024;
 
 /// How long a failed handshake waits to deliver its `Close` or `CloseOk` before giving up: the
 /// frame is a courtesy to the server's logs, not worth stalling the caller's error.
@@ -108,8 +113,10 @@ impl Client {
 }
 
 /// A handle to one connection: cheap to clone, `Send + Sync`. The connection closes (with an
-/// orderly `Close`) when the last handle, consumer and delivery referring to it are dropped, or
-/// explicitly with [`Connection::close`].
+/// orderly `Close`) when the last handle and [`crate::Consumer`] are dropped, or explicitly with
+/// [`Connection::close`]. A [`crate::Delivery`] does not keep it open (it holds no handle, so
+/// that an unsettled delivery cannot pin a connection the application has let go): settle
+/// deliveries before dropping the last handle.
 #[derive(Clone)]
 pub struct Connection {
     handle: Arc<Handle>,
@@ -158,6 +165,9 @@ pub(crate) struct Shared {
     pub(crate) window: Semaphore,
     requests: Semaphore,
     blocked: watch::Sender<Option<ServerError>>,
+    /// Every returned message, for [`Connection::returns`] subscribers; each batch's
+    /// [`crate::Confirmation`] carries its own as well.
+    returns: broadcast::Sender<ReturnedMessage>,
     pub(crate) info: Info,
 }
 
@@ -474,11 +484,20 @@ impl Shared {
                 self.window.add_permits(count as usize);
             }
             Frame::Return(returned) => {
+                let returned = ReturnedMessage {
+                    sequence: returned.sequence,
+                    code: returned.code,
+                    exchange: returned.exchange,
+                    routing_key: returned.routing_key,
+                    body: returned.body,
+                };
+                if self.returns.receiver_count() > 0 {
+                    // Fails only without receivers, checked just above.
+                    let _ = self.returns.send(returned.clone());
+                }
                 if !core.confirms.attach_return(returned) {
-                    self.end(
-                        core,
-                        ClientError::Violation("return for no pending batch".into()),
-                    );
+                    let violation = ClientError::Violation("return for no pending batch".into());
+                    self.end(core, violation);
                 }
             }
             Frame::Blocked(blocked) => {
@@ -639,6 +658,7 @@ async fn open(options: &ConnectOptions, address: SocketAddr) -> Result<Connectio
         window: Semaphore::new(publish_window as usize),
         requests: Semaphore::new(REQUESTS_IN_FLIGHT_MAX),
         blocked: watch::Sender::new(None),
+        returns: broadcast::Sender::new(RETURNS_BUFFERED_MAX),
         info,
     });
     tokio::spawn(read_loop(shared.clone(), reader, buffer, decoder));
@@ -905,6 +925,13 @@ impl Connection {
         self.shared().blocked.subscribe()
     }
 
+    /// Every mandatory message returned from now on, across all batches. A subscriber more than
+    /// [`RETURNS_BUFFERED_MAX`] behind gets `Lagged` with the number it missed; each batch's
+    /// [`crate::Confirmation::returned`] has its own returns in any case.
+    pub fn returns(&self) -> broadcast::Receiver<ReturnedMessage> {
+        self.shared().returns.subscribe()
+    }
+
     /// Why the connection ended, or `None` while it is usable.
     pub fn ended(&self) -> Option<ClientError> {
         self.shared().lock().ended.clone()
@@ -921,8 +948,13 @@ impl Connection {
     /// heartbeat intervals as the protocol allows. Unconfirmed publishes fail with
     /// [`ClientError::Closed`] (they may or may not have been stored).
     pub async fn close(&self) -> Result<(), ClientError> {
+        self.close_with_reason("closed by the client").await
+    }
+
+    /// [`Connection::close`] with a reason for the server's logs (cut to 255 bytes).
+    pub async fn close_with_reason(&self, reason: &str) -> Result<(), ClientError> {
         let shared = self.shared();
-        shared.begin_close("closed by the client");
+        shared.begin_close(reason);
         let bound = shared.info.negotiated.heartbeat * MISSED_HEARTBEATS_MAX;
         let mut ended = shared.ended.subscribe();
         if tokio::time::timeout(bound, ended.wait_for(|ended| *ended))

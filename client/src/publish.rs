@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use ruuster_wire::frame::{Confirm, Publish, PublishMessage, Return};
+use ruuster_wire::frame::{Confirm, Publish, PublishMessage};
 use ruuster_wire::limits::{FRAME_HEADER_SIZE, PUBLISH_BATCH_COUNT_MAX};
 use ruuster_wire::text::ShortStrError;
 use ruuster_wire::{ConfirmStatus, Durability, ErrorCode, Frame, ShortStr};
@@ -257,19 +257,13 @@ impl ConfirmQueue {
 
     /// Files a returned message with its batch. False if no pending batch holds its sequence
     /// (the state machine already checked it is published and unconfirmed, so this is a bug).
-    pub(crate) fn attach_return(&mut self, returned: Return) -> bool {
+    pub(crate) fn attach_return(&mut self, returned: ReturnedMessage) -> bool {
         let index = self
             .pending
             .partition_point(|batch| batch.last < returned.sequence);
         match self.pending.get_mut(index) {
             Some(batch) if batch.first <= returned.sequence => {
-                batch.returned.push(ReturnedMessage {
-                    sequence: returned.sequence,
-                    code: returned.code,
-                    exchange: returned.exchange,
-                    routing_key: returned.routing_key,
-                    body: returned.body,
-                });
+                batch.returned.push(returned);
                 true
             }
             _ => false,

@@ -369,7 +369,7 @@ async fn a_publish_waits_while_the_window_is_full_and_resumes_on_confirm() {
 }
 
 /// A mandatory message that matches nothing comes back in a `Return` attached to its batch's
-/// confirmation, with its body, before the unroutable confirm.
+/// confirmation, with its body, before the unroutable confirm; the returns stream has it too.
 #[tokio::test]
 async fn a_returned_mandatory_message_is_attached_to_its_confirmation() {
     let server = FakeServer::bind().await;
@@ -402,6 +402,7 @@ async fn a_returned_mandatory_message_is_attached_to_its_confirmation() {
     });
 
     let connection = bounded("connect", Client::connect(&options)).await.unwrap();
+    let mut returns = connection.returns();
     let properties = Properties {
         message_id: Some(ShortStr::from_static("m-2")),
         ..Properties::default()
@@ -434,6 +435,11 @@ async fn a_returned_mandatory_message_is_attached_to_its_confirmation() {
     assert_eq!(body.message_id().map(|id| id.as_str()), Some("m-2"));
     assert_eq!(&body.payload()[..], b"two");
     assert_eq!(confirmation.status_of(2), Some(ConfirmStatus::Unroutable));
+    let streamed = bounded("returns stream", returns.recv()).await.unwrap();
+    assert_eq!(
+        &streamed, returned,
+        "the stream carries the same returned message"
+    );
     drop(connection);
     bounded("script", script).await.unwrap();
 }
@@ -745,7 +751,8 @@ async fn a_silent_server_is_detected_after_two_heartbeat_intervals() {
     ));
 }
 
-/// `close` sends `Close` 0, returns once `CloseOk` arrives, and fails an unconfirmed publish.
+/// `close` sends `Close` 0 with the caller's reason, returns once `CloseOk` arrives, and fails an
+/// unconfirmed publish.
 #[tokio::test]
 async fn close_waits_for_close_ok_and_fails_what_was_unconfirmed() {
     let server = FakeServer::bind().await;
@@ -761,6 +768,7 @@ async fn close_waits_for_close_ok_and_fails_what_was_unconfirmed() {
             panic!("expected Close");
         };
         assert_eq!(close.code, ErrorCode::NORMAL_CLOSE);
+        assert_eq!(close.reason, "shutting down the app");
         peer.send(CloseOk).await;
         peer.drain_until_eof().await
     });
@@ -769,7 +777,8 @@ async fn close_waits_for_close_ok_and_fails_what_was_unconfirmed() {
     let defaults = PublishOptions::default();
     let publish = connection.publish("", "q", ruuster_client::body(b"m"), &defaults);
     let pending = bounded("publish", publish).await.unwrap();
-    bounded("close", connection.close()).await.unwrap();
+    let close = connection.close_with_reason("shutting down the app");
+    bounded("close", close).await.unwrap();
     assert!(matches!(pending.await, Err(ClientError::Closed)));
     assert!(matches!(connection.ack(1, false), Err(ClientError::Closed)));
     assert!(
@@ -1082,4 +1091,37 @@ async fn dropping_a_consumer_cancels_it_and_requeues_what_arrives_after() {
     bounded("close", connection.close()).await.unwrap();
     let rest = bounded("script", script).await.unwrap();
     assert!(matches!(&rest[..], [Frame::Close(_)]), "{rest:?}");
+}
+
+/// A server that accepts but never answers `Hello` fails the connect with a handshake timeout
+/// after the configured bound, not the server's 10 s.
+#[tokio::test]
+async fn a_server_that_never_answers_hello_times_out_the_handshake() {
+    let server = FakeServer::bind().await;
+    let options = ruuster_client::ConnectOptions {
+        handshake_timeout: Duration::from_millis(200),
+        ..server.options()
+    };
+    let script = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        assert!(matches!(peer.recv().await, Frame::Hello(_)));
+        peer.drain_until_eof().await
+    });
+
+    let started = tokio::time::Instant::now();
+    let error = bounded("connect", Client::connect(&options))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Timeout {
+                operation: "handshake",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(bounded("script", script).await.unwrap().is_empty());
 }
