@@ -111,7 +111,6 @@ impl ClientError {
             ClientError::Protocol(error) => Some(error.code()),
             ClientError::Violation(_) => Some(ErrorCode::UNEXPECTED_FRAME),
             ClientError::MissedHeartbeats { .. } => Some(ErrorCode::MISSED_HEARTBEATS),
-            ClientError::Timeout { .. } => Some(ErrorCode::HANDSHAKE_TIMEOUT),
             ClientError::Closed => Some(ErrorCode::NORMAL_CLOSE),
             _ => None,
         }

@@ -20,8 +20,8 @@ pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// enough to cover a group commit of a few milliseconds at a million messages per second.
 pub const PUBLISH_WINDOW_DEFAULT: u32 = 4096;
 
-/// How to reach and log in to a broker.
-#[derive(Clone, Debug)]
+/// How to reach and log in to a broker. Its `Debug` output hides the password.
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// `host:port` of the broker's client port (or of one shard's port).
     pub address: String,
@@ -29,7 +29,7 @@ pub struct ConnectOptions {
     pub username: String,
     /// PLAIN password.
     pub password: String,
-    /// A name for the broker's logs and management view.
+    /// A name for the broker's logs and management view (cut to 255 bytes).
     pub client_name: String,
     /// Requested heartbeat interval; zero takes the server's default (10 s). The server clamps
     /// it to 100 ms .. 600 s.
@@ -51,6 +51,22 @@ impl ConnectOptions {
             address: address.into(),
             ..ConnectOptions::default()
         }
+    }
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .field("client_name", &self.client_name)
+            .field("heartbeat", &self.heartbeat)
+            .field("frame_size_max", &self.frame_size_max)
+            .field("publish_window", &self.publish_window)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
     }
 }
 
@@ -112,4 +128,20 @@ pub struct ConsumeOptions {
     pub exclusive: bool,
     /// Extension arguments (consumer priority, ...).
     pub arguments: Table,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let options = ConnectOptions {
+            password: "s3cret-value".to_owned(),
+            ..ConnectOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("s3cret-value"), "{shown}");
+        assert!(shown.contains("guest"), "the username is shown: {shown}");
+    }
 }
