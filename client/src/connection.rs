@@ -424,12 +424,15 @@ impl Shared {
     fn receive(self: &Arc<Self>, buffer: &mut BytesMut, decoder: &mut FrameDecoder) -> bool {
         let mut core = self.lock();
         let queued_before = core.outbound.len();
+        // One clock read for the whole read: the frames arrived together, and liveness needs
+        // no finer time than a heartbeat interval.
+        let now = Instant::now();
         let open = loop {
             if core.ended.is_some() {
                 break false;
             }
             match decoder.decode(buffer) {
-                Ok(Some(frame)) => self.dispatch(&mut core, frame),
+                Ok(Some(frame)) => self.dispatch(&mut core, frame, now),
                 Ok(None) => break true,
                 Err(error) => self.end(&mut core, ClientError::Protocol(error)),
             }
@@ -442,9 +445,9 @@ impl Shared {
         open
     }
 
-    fn dispatch(self: &Arc<Self>, core: &mut Core, frame: Frame) {
+    fn dispatch(self: &Arc<Self>, core: &mut Core, frame: Frame, now: Instant) {
         let closing = core.machine.state() == State::CloseSent;
-        match core.machine.on_receive(&frame, Instant::now()) {
+        match core.machine.on_receive(&frame, now) {
             Err(error) => return self.end(core, ClientError::Protocol(error)),
             Ok(Inbound::Ignore) => return,
             Ok(Inbound::Handle) => {}

@@ -91,7 +91,7 @@ impl Delivery {
 /// What the reader pushes into a consumer's channel.
 #[derive(Debug)]
 pub(crate) enum ConsumerEvent {
-    Delivery(Box<Delivery>),
+    Delivery(Delivery),
     End(ConsumerEnd),
 }
 
@@ -144,10 +144,7 @@ impl Shared {
             body,
             shared: self.clone(),
         };
-        match slot
-            .sender
-            .try_send(ConsumerEvent::Delivery(Box::new(delivery)))
-        {
+        match slot.sender.try_send(ConsumerEvent::Delivery(delivery)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => unreachable!("capacity checked above"),
             Err(TrySendError::Closed(_)) => {
@@ -195,7 +192,7 @@ impl Consumer {
             return Err(end.clone());
         }
         let end = match self.receiver.recv().await {
-            Some(ConsumerEvent::Delivery(delivery)) => return Ok(*delivery),
+            Some(ConsumerEvent::Delivery(delivery)) => return Ok(delivery),
             Some(ConsumerEvent::End(end)) => end,
             None => ConsumerEnd::ConnectionClosed(self.connection.shared().ended_reason()),
         };
