@@ -90,6 +90,11 @@ impl Delivery {
 
 /// What the reader pushes into a consumer's channel.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "every message is a delivery and the end comes once; boxing the delivery would \
+              allocate per message to shrink a variant sent once per consumer"
+)]
 pub(crate) enum ConsumerEvent {
     Delivery(Delivery),
     End(ConsumerEnd),
