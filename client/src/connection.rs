@@ -929,7 +929,7 @@ impl Connection {
     }
 
     /// Every mandatory message returned from now on, across all batches. A subscriber more than
-    /// [`RETURNS_BUFFERED_MAX`] behind gets `Lagged` with the number it missed; each batch's
+    /// 1024 messages (`RETURNS_BUFFERED_MAX`) behind gets `Lagged` with the number it missed; each batch's
     /// [`crate::Confirmation::returned`] has its own returns in any case.
     pub fn returns(&self) -> broadcast::Receiver<ReturnedMessage> {
         self.shared().returns.subscribe()
