@@ -4,9 +4,9 @@
 //! Every API call and both tasks share one [`Core`] behind a `std::sync::Mutex` that is never held
 //! across an `.await`. An API call checks its frame with the sans-IO state machine
 //! ([`ruuster_wire::Connection`]), encodes it straight into the core's outbound buffer and wakes
-//! the writer; the writer swaps that buffer for an empty one and writes everything queued since its
-//! last wakeup with one `write_all`, so a burst of publishes and acks costs one syscall, not one per
-//! frame. The reader decodes every whole frame in its buffer under one lock and dispatches it:
+//! the writer; the writer swaps that buffer for an empty one and writes everything queued since
+//! its last wakeup with one `write_all`, so a burst of publishes and acks costs one syscall, not
+//! one per frame. The reader decodes every whole frame in its buffer under one lock and dispatches it:
 //! replies by request id, confirms to the pending-batch queue, deliveries to their consumer's
 //! channel.
 //!
@@ -929,8 +929,8 @@ impl Connection {
     }
 
     /// Every mandatory message returned from now on, across all batches. A subscriber more than
-    /// 1024 messages (`RETURNS_BUFFERED_MAX`) behind gets `Lagged` with the number it missed; each batch's
-    /// [`crate::Confirmation::returned`] has its own returns in any case.
+    /// 1024 messages (`RETURNS_BUFFERED_MAX`) behind gets `Lagged` with the number it missed;
+    /// each batch's [`crate::Confirmation::returned`] has its own returns in any case.
     pub fn returns(&self) -> broadcast::Receiver<ReturnedMessage> {
         self.shared().returns.subscribe()
     }
