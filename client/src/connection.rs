@@ -6,8 +6,8 @@
 //! ([`ruuster_wire::Connection`]), encodes it straight into the core's outbound buffer and wakes
 //! the writer; the writer swaps that buffer for an empty one and writes everything queued since
 //! its last wakeup with one `write_all`, so a burst of publishes and acks costs one syscall, not
-//! one per frame. The reader decodes every whole frame in its buffer under one lock and dispatches it:
-//! replies by request id, confirms to the pending-batch queue, deliveries to their consumer's
+//! one per frame. The reader decodes every whole frame in its buffer under one lock and dispatches
+//! it: replies by request id, confirms to the pending-batch queue, deliveries to their consumer's
 //! channel.
 //!
 //! Invariant: the state machine sees every frame in the order it is queued or received, so publish
