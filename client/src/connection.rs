@@ -60,9 +60,10 @@ const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 /// batch's confirmation carries its own regardless, so this only bounds the side channel.
 const RETURNS_BUFFERED_MAX: usize = 1024;
 
-/// How long a failed handshake waits to deliver its `Close` or `CloseOk` before giving up: the
-/// frame is a courtesy to the server's logs, not worth stalling the caller's error.
-const HANDSHAKE_CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the client keeps trying to deliver its last frames (`Close`, `CloseOk`) once a
+/// connection has ended or a handshake failed. They are a courtesy to the server's logs; a peer
+/// that stopped reading must not hold a task, or the caller's error, any longer.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The entry point: opens connections.
 #[derive(Debug)]
@@ -419,9 +420,13 @@ impl Shared {
 
 /// Frame handling on the reader's side.
 impl Shared {
-    /// Decodes and dispatches every whole frame in `buffer`. Returns false once the connection
-    /// has ended.
-    fn receive(self: &Arc<Self>, buffer: &mut BytesMut, decoder: &mut FrameDecoder) -> bool {
+    /// Decodes and dispatches every whole frame in `buffer`. Returns the state machine's next
+    /// deadline, or `None` once the connection has ended.
+    fn receive(
+        self: &Arc<Self>,
+        buffer: &mut BytesMut,
+        decoder: &mut FrameDecoder,
+    ) -> Option<Instant> {
         let mut core = self.lock();
         let queued_before = core.outbound.len();
         // One clock read for the whole read: the frames arrived together, and liveness needs
@@ -437,12 +442,29 @@ impl Shared {
                 Err(error) => self.end(&mut core, ClientError::Protocol(error)),
             }
         };
+        // `None` only once closed, which ends the connection; an hour stands in for "never".
+        let deadline = core
+            .machine
+            .next_deadline()
+            .unwrap_or(now + Duration::from_secs(3600));
         let queued = core.outbound.len() != queued_before;
         drop(core);
         if queued {
             self.wake_writer();
         }
-        open
+        open.then_some(deadline)
+    }
+
+    /// Runs the deadlines from the reader's side and wakes the writer if that queued a frame.
+    fn tick_from_reader(&self) {
+        let mut core = self.lock();
+        let queued_before = core.outbound.len();
+        self.tick(&mut core);
+        let queued = core.outbound.len() != queued_before;
+        drop(core);
+        if queued {
+            self.wake_writer();
+        }
     }
 
     fn dispatch(self: &Arc<Self>, core: &mut Core, frame: Frame, now: Instant) {
@@ -774,7 +796,7 @@ async fn send_best_effort(
         return;
     }
     let write = writer.write_all(&outbound);
-    let _ = tokio::time::timeout(HANDSHAKE_CLOSE_TIMEOUT, write).await;
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write).await;
 }
 
 async fn read_loop(
@@ -785,11 +807,16 @@ async fn read_loop(
 ) {
     let mut ended = shared.ended.subscribe();
     loop {
-        if !shared.receive(&mut buffer, &mut decoder) {
+        let Some(deadline) = shared.receive(&mut buffer, &mut decoder) else {
             return;
-        }
+        };
         buffer.reserve(READ_BUFFER_RESERVE);
+        // The writer runs the deadlines too, but it can be stuck in a write to a server that
+        // stopped reading, which is exactly when the silence deadline matters; reads never wait
+        // on writes, so the reader runs them as well.
+        let deadline = tokio::time::Instant::from_std(deadline);
         tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => shared.tick_from_reader(),
             result = socket.read_buf(&mut buffer) => match result {
                 Ok(0) => {
                     let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
@@ -805,6 +832,7 @@ async fn read_loop(
 
 async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
     let mut batch = BytesMut::with_capacity(READ_BUFFER_RESERVE);
+    let mut ended = shared.ended.subscribe();
     loop {
         let (deadline, finished) = {
             let mut core = shared.lock();
@@ -813,9 +841,28 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
             (core.machine.next_deadline(), core.ended.is_some())
         };
         if !batch.is_empty() {
-            if let Err(error) = socket.write_all(&batch).await {
-                shared.end_now(ClientError::io("write", error));
-                break;
+            let write = socket.write_all(&batch);
+            let written = if finished {
+                tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write).await
+            } else {
+                // A write to a server that stopped reading never completes; once the connection
+                // ends (the reader saw the silence), finishing it gets a bounded grace period.
+                let mut write = std::pin::pin!(write);
+                tokio::select! {
+                    result = &mut write => Ok(result),
+                    // The async block drops the watch's read guard before the next await.
+                    () = async { drop(ended.wait_for(|ended| *ended).await) } => {
+                        tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write).await
+                    }
+                }
+            };
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    shared.end_now(ClientError::io("write", error));
+                    break;
+                }
+                Err(_) => break,
             }
             batch.clear();
             if batch.capacity() > WRITE_BUFFER_RETAINED_MAX {

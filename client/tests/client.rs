@@ -1125,3 +1125,46 @@ async fn a_server_that_never_answers_hello_times_out_the_handshake() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert!(bounded("script", script).await.unwrap().is_empty());
 }
+
+/// A server that stops reading and falls silent is still detected after two heartbeat intervals
+/// while the client's writer is stuck behind full socket buffers.
+#[tokio::test]
+async fn a_silent_server_that_stopped_reading_is_detected_despite_a_stuck_writer() {
+    let server = FakeServer::bind().await;
+    let options = server.options();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let script = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        let port = server.port();
+        peer.handshake(ruuster_wire::frame::Welcome {
+            heartbeat_ms: 100,
+            ..welcome(port)
+        })
+        .await;
+        // Hold the socket open without reading until the client has given up.
+        let _ = bounded("release", released).await;
+        drop(peer);
+    });
+
+    let connection = bounded("connect", Client::connect(&options)).await.unwrap();
+    // 256 messages of 60 KiB: 15 MiB, far beyond what loopback socket buffers hold.
+    let body = ruuster_client::body(&vec![7u8; 60 * 1024]);
+    let defaults = PublishOptions::default();
+    for _ in 0..256 {
+        let publish = connection.publish("", "q", body.clone(), &defaults);
+        drop(bounded("publish", publish).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    let error = bounded("silence detected", connection.wait_ended()).await;
+    assert!(
+        matches!(error, ClientError::MissedHeartbeats { .. }),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    release.send(()).unwrap();
+    bounded("script", script).await.unwrap();
+}
