@@ -69,3 +69,28 @@ pub fn body(payload: &[u8]) -> Bytes {
         .expect("an empty property set always encodes");
     body.freeze()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_and_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn handles_can_move_between_tasks_and_threads() {
+        send_and_sync::<Connection>();
+        send_and_sync::<Delivery>();
+        send_and_sync::<ClientError>();
+        send_and_sync::<Confirmation>();
+        send::<Consumer>();
+        send::<PendingConfirm>();
+    }
+
+    #[test]
+    fn a_bare_body_is_the_three_byte_prefix_and_the_payload() {
+        let encoded = body(b"hi");
+        assert_eq!(&encoded[..], &[1, 0, 0, b'h', b'i']);
+        assert_eq!(&Body::parse(encoded).unwrap().payload()[..], b"hi");
+    }
+}
