@@ -1172,3 +1172,109 @@ async fn a_silent_server_that_stopped_reading_is_detected_despite_a_stuck_writer
     release.send(()).unwrap();
     bounded("script", script).await.unwrap();
 }
+
+/// With a 4096-byte frame size, a batch of ten 1000-byte messages goes out as three `Publish`
+/// frames (4, 4 and 2 messages) with consecutive sequence numbers, and one confirm for all ten
+/// resolves the batch.
+#[tokio::test]
+async fn a_batch_larger_than_a_frame_is_split_across_frames_and_confirmed_as_one() {
+    let server = FakeServer::bind().await;
+    let options = ruuster_client::ConnectOptions {
+        frame_size_max: 4096,
+        ..server.options()
+    };
+    let script = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        let port = server.port();
+        let hello = peer
+            .handshake(ruuster_wire::frame::Welcome {
+                frame_size_max: 4096,
+                ..welcome(port)
+            })
+            .await;
+        assert_eq!(hello.frame_size_max, 4096);
+        let mut counts = Vec::new();
+        while counts.iter().sum::<usize>() < 10 {
+            counts.push(publish_keys(peer.recv_skipping_heartbeats().await).len());
+        }
+        peer.send(stored(1, 10)).await;
+        peer.drain_until_eof().await;
+        counts
+    });
+
+    let connection = bounded("connect", Client::connect(&options)).await.unwrap();
+    let body = ruuster_client::body(&[0u8; 997]);
+    let messages = vec![("k", body); 10];
+    let defaults = PublishOptions::default();
+    let publish = connection.publish_batch("", &messages, &defaults);
+    let pending = bounded("publish", publish).await.unwrap();
+    assert_eq!((pending.first(), pending.last()), (1, 10));
+    let confirmation = bounded("confirm", pending).await.unwrap();
+    assert_eq!(confirmation.stored(), Some(Durability::Fsynced));
+    drop(connection);
+    assert_eq!(bounded("script", script).await.unwrap(), [4, 4, 2]);
+}
+
+/// Eight tasks publishing at once on a multi-threaded runtime get disjoint sequence ranges that
+/// together cover every message, and every batch resolves from the server's cumulative confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_get_disjoint_ranges_that_cover_every_message() {
+    const TASKS: usize = 8;
+    const BATCHES_PER_TASK: usize = 50;
+    const BATCH: usize = 3;
+    let total = (TASKS * BATCHES_PER_TASK * BATCH) as u64;
+
+    let server = FakeServer::bind().await;
+    let options = server.options();
+    let script = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        let port = server.port();
+        peer.handshake(ruuster_wire::frame::Welcome {
+            unconfirmed_max: 64,
+            ..welcome(port)
+        })
+        .await;
+        let mut confirmed = 0;
+        while confirmed < total {
+            let published = publish_keys(peer.recv_skipping_heartbeats().await).len() as u64;
+            peer.send(stored(confirmed + 1, confirmed + published))
+                .await;
+            confirmed += published;
+        }
+        peer.drain_until_eof().await;
+    });
+
+    let connection = bounded("connect", Client::connect(&options)).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let connection = connection.clone();
+        tasks.push(tokio::spawn(async move {
+            let messages = vec![("k", ruuster_client::body(b"m")); BATCH];
+            let defaults = PublishOptions::default();
+            let mut ranges = Vec::new();
+            for _ in 0..BATCHES_PER_TASK {
+                let pending = connection
+                    .publish_batch("", &messages, &defaults)
+                    .await
+                    .unwrap();
+                let confirmation = pending.await.unwrap();
+                assert_eq!(confirmation.stored(), Some(Durability::Fsynced));
+                ranges.push((confirmation.first(), confirmation.last()));
+            }
+            ranges
+        }));
+    }
+    let mut ranges = Vec::new();
+    for task in tasks {
+        ranges.extend(bounded("publisher", task).await.unwrap());
+    }
+    ranges.sort();
+    let mut next = 1;
+    for (first, last) in ranges {
+        assert_eq!((first, last), (next, next + BATCH as u64 - 1));
+        next = last + 1;
+    }
+    assert_eq!(next, total + 1);
+    drop(connection);
+    bounded("script", script).await.unwrap();
+}
