@@ -33,6 +33,10 @@
 //! A consumer is read with [`Consumer::recv`]; deliveries are settled with [`Delivery::ack`] and
 //! friends, or by tag on the connection.
 //!
+//! Cancellation: a control request whose future is dropped after it was sent still takes effect
+//! on the server; its reply is discarded (and a consumer nobody waits for is cancelled at once).
+//! A publish dropped before it returns publishes nothing.
+//!
 //! Cost: the client's own CPU time per published 1 KiB message in batches of 64, measured by
 //! `cargo run --release -p ruuster-client --example self_bench`, is in the crate's README.md.
 

@@ -299,6 +299,10 @@ impl Connection {
     /// batch (split into as many `Publish` frames as the frame size requires, with consecutive
     /// sequence numbers) and returns its [`PendingConfirm`] without waiting for the server.
     /// A batch larger than the window is refused, as it could never fit.
+    ///
+    /// Cancel-safe: dropping the future before it returns publishes nothing. Dropping the
+    /// returned [`PendingConfirm`] only gives up the outcome; the window still counts the batch
+    /// until the server confirms it.
     pub async fn publish_batch<K: RoutingKey>(
         &self,
         exchange: &str,
