@@ -175,6 +175,9 @@ pub(crate) struct Shared {
 /// Everything the mutex guards.
 pub(crate) struct Core {
     pub(crate) machine: ruuster_wire::Connection,
+    /// Frames queued since the writer's last wakeup. It has no limit of its own because what
+    /// fills it is bounded elsewhere: publishes by the window, settlements by the consumers'
+    /// prefetch, requests by [`REQUESTS_IN_FLIGHT_MAX`], heartbeats by the clock.
     pub(crate) outbound: BytesMut,
     next_request_id: u32,
     requests: HashMap<u32, PendingRequest>,
