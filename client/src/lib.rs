@@ -81,6 +81,7 @@ mod tests {
     fn send_and_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
 
+    /// The handles an application spreads over tasks are `Send` (and `Sync` where shared).
     #[test]
     fn handles_can_move_between_tasks_and_threads() {
         send_and_sync::<Connection>();
@@ -91,6 +92,7 @@ mod tests {
         send::<PendingConfirm>();
     }
 
+    /// `body` encodes the protocol's three-byte prefix (version 1, no properties), then the payload.
     #[test]
     fn a_bare_body_is_the_three_byte_prefix_and_the_payload() {
         let encoded = body(b"hi");

@@ -134,6 +134,7 @@ pub struct ConsumeOptions {
 mod tests {
     use super::*;
 
+    /// Logging the options with `{:?}` shows the username but not the password.
     #[test]
     fn debug_output_never_shows_the_password() {
         let options = ConnectOptions {

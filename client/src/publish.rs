@@ -449,6 +449,8 @@ mod tests {
         }
     }
 
+    /// A confirm range covering two batches and part of a third resolves exactly the two; a
+    /// later range with another outcome completes the third with two ranges.
     #[test]
     fn one_confirm_spanning_three_batches_completes_all_three() {
         let mut queue = ConfirmQueue::default();
@@ -477,6 +479,7 @@ mod tests {
         assert_eq!(confirmation.stored(), None);
     }
 
+    /// Splitting by frame size keeps every message and packs each frame as full as it fits.
     #[test]
     fn a_batch_too_large_for_one_frame_is_split_and_keeps_every_message() {
         let exchange = ShortStr::from_static("x");
@@ -501,6 +504,7 @@ mod tests {
         );
     }
 
+    /// A message that cannot fit in any frame is refused as invalid input.
     #[test]
     fn a_message_larger_than_a_frame_is_refused_before_anything_is_sent() {
         let exchange = ShortStr::from_static("x");
