@@ -92,7 +92,7 @@ mod tests {
         send::<PendingConfirm>();
     }
 
-    /// `body` encodes the protocol's three-byte prefix (version 1, no properties), then the payload.
+    /// `body` encodes the three-byte prefix (version 1, no properties), then the payload.
     #[test]
     fn a_bare_body_is_the_three_byte_prefix_and_the_payload() {
         let encoded = body(b"hi");
