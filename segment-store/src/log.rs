@@ -374,6 +374,9 @@ struct State<S: Storage> {
     epoch_current: u32,
     poisoned: Option<String>,
     rolling: bool,
+    roll_sequence: u64,
+    /// The roll that failed for lack of space, so that its waiters can report it.
+    roll_no_space: Option<(u64, PathBuf, u64)>,
     sync_in_flight: bool,
     write_id_next: u64,
     checkpoint: CheckpointState<S::File>,
@@ -472,6 +475,8 @@ impl<S: Storage> Log<S> {
             epoch_current: recovered.epoch_current,
             poisoned: None,
             rolling: false,
+            roll_sequence: 0,
+            roll_no_space: None,
             sync_in_flight: false,
             write_id_next: 0,
             checkpoint: CheckpointState {
@@ -877,7 +882,7 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    async fn append(&self, records: &[Record<'_>]) -> Result<Appended, StoreError> {
+    async fn append(self: &Rc<Self>, records: &[Record<'_>]) -> Result<Appended, StoreError> {
         if records.is_empty() {
             return Err(StoreError::EmptyBatch);
         }
@@ -930,7 +935,7 @@ impl<S: Storage> Shared<S> {
                 continue;
             }
             if !fits {
-                self.roll().await?;
+                self.roll_and_wait().await?;
                 continue;
             }
             return Ok(self.reserve(records));
@@ -975,7 +980,7 @@ impl<S: Storage> Shared<S> {
     /// Moves the pipeline until `end_offset` reaches `level` (or what the policy gives).
     /// `force_sync` syncs even under `Os` and `Interval`.
     async fn drive(
-        &self,
+        self: &Rc<Self>,
         end_offset: u64,
         level: Level,
         force_sync: bool,
@@ -988,8 +993,16 @@ impl<S: Storage> Shared<S> {
             let step = self.next_step(end_offset, level, force_sync)?;
             match step {
                 Step::Done(reached) => return Ok(reached),
-                Step::Write(job) => self.run_write(job).await,
-                Step::Sync(file, target) => self.run_sync(file, target).await,
+                // I/O runs in its own task: a waiter that is dropped mid-way (a closed connection)
+                // must not leave a write or sync that nobody completes.
+                Step::Write(job) => {
+                    let shared = self.clone();
+                    runtime::spawn_detached(async move { shared.run_write(job).await });
+                }
+                Step::Sync(file, target) => {
+                    let shared = self.clone();
+                    runtime::spawn_detached(async move { shared.run_sync(file, target).await });
+                }
                 Step::Wait(seen) => self.changed.changed_since(seen).await,
             }
         }
@@ -1267,21 +1280,70 @@ impl<S: Storage> Shared<S> {
     /// created and preallocated first, so that a full disk fails cleanly with the old segment
     /// still active; then the old segment is written, synced and sealed, the directory synced,
     /// and the checkpoint moved.
-    async fn roll(&self) -> Result<(), StoreError> {
-        {
+    async fn roll_and_wait(self: &Rc<Self>) -> Result<(), StoreError> {
+        let (sequence, start) = {
             let mut state = self.state.borrow_mut();
-            if state.rolling {
-                return Ok(());
+            let start = !state.rolling;
+            if start {
+                state.rolling = true;
+                state.roll_sequence += 1;
             }
-            state.rolling = true;
+            (state.roll_sequence, start)
+        };
+        if start {
+            // The roll runs in its own task so that a dropped appender cannot leave the log
+            // rolling forever. glommio may run a spawned task at once: no borrow is held here.
+            let shared = self.clone();
+            runtime::spawn_detached(async move { shared.roll_task(sequence).await });
         }
-        let result = self.roll_inner().await;
-        self.state.borrow_mut().rolling = false;
-        self.changed.notify();
-        result
+        loop {
+            let seen = self.changed.generation();
+            {
+                let state = self.state.borrow();
+                if let Some(cause) = &state.poisoned {
+                    return Err(StoreError::Poisoned {
+                        cause: cause.clone(),
+                    });
+                }
+                if !state.rolling || state.roll_sequence != sequence {
+                    return match &state.roll_no_space {
+                        Some((failed, path, requested_bytes)) if *failed == sequence => {
+                            Err(StoreError::NoSpace {
+                                path: path.clone(),
+                                requested_bytes: *requested_bytes,
+                            })
+                        }
+                        _ => Ok(()),
+                    };
+                }
+            }
+            self.changed.changed_since(seen).await;
+        }
     }
 
-    async fn roll_inner(&self) -> Result<(), StoreError> {
+    async fn roll_task(self: Rc<Self>, sequence: u64) {
+        let result = self.roll_inner().await;
+        {
+            let mut state = self.state.borrow_mut();
+            state.rolling = false;
+            match result {
+                Ok(()) => {}
+                Err(StoreError::NoSpace {
+                    path,
+                    requested_bytes,
+                }) => {
+                    state.roll_no_space = Some((sequence, path, requested_bytes));
+                }
+                Err(error) => {
+                    drop(state);
+                    self.poison(error.to_string());
+                }
+            }
+        }
+        self.changed.notify();
+    }
+
+    async fn roll_inner(self: &Rc<Self>) -> Result<(), StoreError> {
         let (base_offset, epoch) = {
             let state = self.state.borrow();
             (state.next_offset, state.epoch_current)

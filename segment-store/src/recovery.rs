@@ -230,8 +230,11 @@ pub(crate) async fn recover<S: Storage>(
     let mut sealed: BTreeMap<u64, Segment<S::File>> = BTreeMap::new();
     let mut active: Option<(Segment<S::File>, Tail)> = None;
     let mut next_offset = 0u64;
-    for (position_in_list, &base_offset) in bases.iter().enumerate() {
-        let last = position_in_list + 1 == bases.len();
+    // Headers first: files at the end whose header never reached the disk were created by a roll
+    // that did not finish (the new file is created before the old one is sealed). They hold no
+    // durable record and go before the rules below look at the segment they follow.
+    let mut opened = Vec::with_capacity(bases.len());
+    for &base_offset in &bases {
         let path = dir.join(format::segment_file_name(base_offset));
         let file = storage
             .open_file(&path)
@@ -245,29 +248,36 @@ pub(crate) async fn recover<S: Storage>(
             .read_at(0, SEGMENT_HEADER_BLOCK_BYTES as usize)
             .await
             .map_err(|error| StoreError::io("read", &path, Some(0), error))?;
-        let header = match format::decode_segment_header(&header_bytes) {
+        let header = format::decode_segment_header(&header_bytes);
+        opened.push((base_offset, path, file, file_bytes, header));
+    }
+    while let Some((base_offset, _, _, _, Err(_))) = opened.last()
+        && *base_offset >= durable_offset
+    {
+        let (_, path, file, _, header) = opened.pop().expect("checked above");
+        let fault = header.err().map_or(String::new(), |fault| fault.describe());
+        warn!(segment = %path.display(), fault = %fault, "unstarted segment removed");
+        drop(file);
+        storage
+            .remove_file(&path)
+            .await
+            .map_err(|error| StoreError::io("remove segment", &path, None, error))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(|error| StoreError::io("directory fsync", dir, None, error))?;
+        report.removed_files.push(path);
+    }
+    let opened_count = opened.len();
+    for (position_in_list, (base_offset, path, file, file_bytes, header)) in
+        opened.into_iter().enumerate()
+    {
+        let last = position_in_list + 1 == opened_count;
+        let header = match header {
             Ok(header) => header,
-            Err(fault) if last && base_offset >= durable_offset => {
-                warn!(segment = %path.display(), fault = %fault.describe(), "unstarted segment removed");
-                drop(file);
-                storage
-                    .remove_file(&path)
-                    .await
-                    .map_err(|error| StoreError::io("remove segment", &path, None, error))?;
-                storage
-                    .sync_dir(dir)
-                    .await
-                    .map_err(|error| StoreError::io("directory fsync", dir, None, error))?;
-                report.removed_files.push(path);
-                continue;
-            }
             Err(fault) => {
-                return Err(corrupt(
-                    &path,
-                    None,
-                    0,
-                    format!("segment header: {}", fault.describe()),
-                ));
+                let reason = format!("segment header: {}", fault.describe());
+                return Err(corrupt(&path, None, 0, reason));
             }
         };
         if header.base_offset != base_offset {
