@@ -377,6 +377,8 @@ struct State<S: Storage> {
     roll_sequence: u64,
     /// The roll that failed for lack of space, so that its waiters can report it.
     roll_no_space: Option<(u64, PathBuf, u64)>,
+    /// A writer task is spawned and has not yet picked its range.
+    writer_scheduled: bool,
     sync_in_flight: bool,
     write_id_next: u64,
     checkpoint: CheckpointState<S::File>,
@@ -420,10 +422,10 @@ struct SyncTarget {
     offset: u64,
 }
 
-enum Step<F> {
+enum Step {
     Done(Level),
-    Write(WriteJob<F>),
-    Sync(Rc<F>, SyncTarget),
+    SpawnWriter,
+    SpawnSync,
     Wait(u64),
 }
 
@@ -477,6 +479,7 @@ impl<S: Storage> Log<S> {
             rolling: false,
             roll_sequence: 0,
             roll_no_space: None,
+            writer_scheduled: false,
             sync_in_flight: false,
             write_id_next: 0,
             checkpoint: CheckpointState {
@@ -995,13 +998,16 @@ impl<S: Storage> Shared<S> {
                 Step::Done(reached) => return Ok(reached),
                 // I/O runs in its own task: a waiter that is dropped mid-way (a closed connection)
                 // must not leave a write or sync that nobody completes.
-                Step::Write(job) => {
+                // The task decides what to write (or up to where to sync) only when it runs,
+                // after the tasks woken with this one have appended: that batches a burst of
+                // appenders into one write and one sync.
+                Step::SpawnWriter => {
                     let shared = self.clone();
-                    runtime::spawn_detached(async move { shared.run_write(job).await });
+                    runtime::spawn_detached(async move { shared.writer_task().await });
                 }
-                Step::Sync(file, target) => {
+                Step::SpawnSync => {
                     let shared = self.clone();
-                    runtime::spawn_detached(async move { shared.run_sync(file, target).await });
+                    runtime::spawn_detached(async move { shared.sync_task().await });
                 }
                 Step::Wait(seen) => self.changed.changed_since(seen).await,
             }
@@ -1013,7 +1019,7 @@ impl<S: Storage> Shared<S> {
         end_offset: u64,
         level: Level,
         force_sync: bool,
-    ) -> Result<Step<S::File>, StoreError> {
+    ) -> Result<Step, StoreError> {
         let seen = self.changed.generation();
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
@@ -1029,10 +1035,11 @@ impl<S: Storage> Shared<S> {
             return Ok(Step::Done(level));
         }
         if state.written_offset < end_offset {
-            return Ok(match self.try_submit_write(state) {
-                Some(job) => Step::Write(job),
-                None => Step::Wait(seen),
-            });
+            if state.writer_scheduled || !self.write_possible(state) {
+                return Ok(Step::Wait(seen));
+            }
+            state.writer_scheduled = true;
+            return Ok(Step::SpawnWriter);
         }
         if level == Level::Written {
             return Ok(Step::Done(Level::Written));
@@ -1046,12 +1053,49 @@ impl<S: Storage> Shared<S> {
             return Ok(Step::Wait(seen));
         }
         state.sync_in_flight = true;
-        let target = SyncTarget {
-            segment_base_offset: state.active.base_offset,
-            position: state.tail.written_boundary_position,
-            offset: state.written_offset,
+        Ok(Step::SpawnSync)
+    }
+
+    /// True when unsubmitted tail bytes exist and no write in flight covers their first block.
+    fn write_possible(&self, state: &State<S>) -> bool {
+        let tail = &state.tail;
+        if tail.submitted_position >= tail.end_position() {
+            return false;
+        }
+        let block_start = align_down(tail.submitted_position);
+        !tail
+            .in_flight
+            .iter()
+            .any(|write| !write.done && write.block_end > block_start)
+    }
+
+    async fn writer_task(self: Rc<Self>) {
+        let job = {
+            let mut state = self.state.borrow_mut();
+            state.writer_scheduled = false;
+            if state.poisoned.is_some() {
+                None
+            } else {
+                self.try_submit_write(&mut state)
+            }
         };
-        Ok(Step::Sync(state.active.file.clone(), target))
+        match job {
+            Some(job) => self.run_write(job).await,
+            None => self.changed.notify(),
+        }
+    }
+
+    async fn sync_task(self: Rc<Self>) {
+        let (file, target) = {
+            let state = self.state.borrow();
+            let target = SyncTarget {
+                segment_base_offset: state.active.base_offset,
+                position: state.tail.written_boundary_position,
+                offset: state.written_offset,
+            };
+            (state.active.file.clone(), target)
+        };
+        self.run_sync(file, target).await
     }
 
     /// Starts a write of the unsubmitted tail if no write in flight covers its first block.
