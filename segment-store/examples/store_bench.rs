@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ruuster_segment_store::{Level, Log, Options, Record, Stats, SyncPolicy};
+use ruuster_segment_store::{Level, Log, Options, Record, RecoveryReport, Stats, SyncPolicy};
 use serde_json::{Value, json};
 
 const RECORD_SIZES_BYTES: [usize; 3] = [100, 1024, 16 * 1024];
@@ -27,6 +27,16 @@ struct CaseResult {
     stats: Stats,
     latency_us: Histogram<u64>,
     level: Level,
+    recovery: RecoveryReport,
+}
+
+fn options_for(policy: SyncPolicy) -> Options {
+    Options {
+        segment_bytes: SEGMENT_BYTES,
+        max_payload_bytes: 64 * 1024,
+        sync_policy: policy,
+        ..Options::default()
+    }
 }
 
 fn policy_name(policy: SyncPolicy) -> String {
@@ -53,13 +63,7 @@ fn run_case(
     let _ = std::fs::remove_dir_all(dir);
     let dir = dir.to_path_buf();
     executor().run(async move {
-        let options = Options {
-            segment_bytes: SEGMENT_BYTES,
-            max_payload_bytes: 64 * 1024,
-            sync_policy: policy,
-            ..Options::default()
-        };
-        let (log, _) = Log::open(&dir, options).await.expect("open");
+        let (log, _) = Log::open(&dir, options_for(policy)).await.expect("open");
         let log = Rc::new(log);
         let level = match policy {
             SyncPolicy::Os => Level::Written,
@@ -111,12 +115,16 @@ fn run_case(
         let latency_us = histogram.borrow().clone();
         drop(log);
         glommio::timer::sleep(Duration::from_millis(20)).await;
+        let (log, recovery) = Log::open(&dir, options_for(policy)).await.expect("reopen");
+        drop(log);
+        glommio::timer::sleep(Duration::from_millis(20)).await;
         CaseResult {
             records_count,
             elapsed,
             stats,
             latency_us,
             level: reached,
+            recovery,
         }
     })
 }
@@ -243,6 +251,9 @@ fn main() {
                 "syncs_per_s": result.stats.syncs_count as f64 / seconds,
                 "records_per_sync": result.stats.synced_records_count as f64 / result.stats.syncs_count.max(1) as f64,
                 "elapsed_s": seconds,
+                "recovery_records_count": result.recovery.records_count,
+                "recovery_segments_count": result.recovery.segments_count,
+                "recovery_ms": result.recovery.elapsed.as_secs_f64() * 1e3,
             });
             println!("{entry}");
             throughput.push(entry);

@@ -1070,6 +1070,8 @@ impl<S: Storage> Shared<S> {
     }
 
     async fn writer_task(self: Rc<Self>) {
+        // Go to the back of the run queue once, behind the appenders woken with the spawner.
+        futures_lite::future::yield_now().await;
         let job = {
             let mut state = self.state.borrow_mut();
             state.writer_scheduled = false;
