@@ -377,6 +377,8 @@ struct State<S: Storage> {
     roll_sequence: u64,
     /// The roll that failed for lack of space, so that its waiters can report it.
     roll_no_space: Option<(u64, PathBuf, u64)>,
+    /// Largest offset end that a waiter wants fsynced; completions keep syncing up to it.
+    fsync_wanted_offset: u64,
     /// A writer task is spawned and has not yet picked its range.
     writer_scheduled: bool,
     sync_in_flight: bool,
@@ -390,7 +392,13 @@ struct Shared<S: Storage> {
     dir: PathBuf,
     options: Options,
     state: RefCell<State<S>>,
+    /// Rolls, poisoning and other rare changes.
     changed: Notify,
+    /// The written watermark moved (or a writer gave up).
+    written_changed: Notify,
+    /// The durable watermark moved. Separate from the others so that a group of appenders
+    /// waiting for a sync is woken once per sync, not once per write as well.
+    durable_changed: Notify,
 }
 
 /// An append-only journal of opaque records in one directory. Not `Send`: it lives on one
@@ -426,7 +434,8 @@ enum Step {
     Done(Level),
     SpawnWriter,
     SpawnSync,
-    Wait(u64),
+    WaitWritten(u64),
+    WaitDurable(u64),
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -479,6 +488,7 @@ impl<S: Storage> Log<S> {
             rolling: false,
             roll_sequence: 0,
             roll_no_space: None,
+            fsync_wanted_offset: 0,
             writer_scheduled: false,
             sync_in_flight: false,
             write_id_next: 0,
@@ -500,6 +510,8 @@ impl<S: Storage> Log<S> {
             options: options.clone(),
             state: RefCell::new(state),
             changed: Notify::default(),
+            written_changed: Notify::default(),
+            durable_changed: Notify::default(),
         });
         let log = Log { shared };
         log.shared.write_checkpoint().await?;
@@ -592,8 +604,12 @@ impl<S: Storage> Log<S> {
 
     /// Waits until `offset` lies below the chosen watermark. It does not drive writes itself.
     pub async fn wait_for(&self, offset: u64, watermark: Watermark) -> Result<(), StoreError> {
+        let notify = match watermark {
+            Watermark::Written => &self.shared.written_changed,
+            Watermark::Durable => &self.shared.durable_changed,
+        };
         loop {
-            let seen = self.shared.changed.generation();
+            let seen = notify.generation();
             {
                 let state = self.shared.state.borrow();
                 if let Some(cause) = &state.poisoned {
@@ -609,7 +625,7 @@ impl<S: Storage> Log<S> {
                     return Ok(());
                 }
             }
-            self.shared.changed.changed_since(seen).await;
+            notify.changed_since(seen).await;
         }
     }
 
@@ -873,7 +889,13 @@ impl<S: Storage> Shared<S> {
             state.poisoned = Some(cause);
         }
         drop(state);
+        self.notify_all();
+    }
+
+    fn notify_all(&self) {
         self.changed.notify();
+        self.written_changed.notify();
+        self.durable_changed.notify();
     }
 
     fn check_poisoned(&self) -> Result<(), StoreError> {
@@ -1009,7 +1031,8 @@ impl<S: Storage> Shared<S> {
                     let shared = self.clone();
                     runtime::spawn_detached(async move { shared.sync_task().await });
                 }
-                Step::Wait(seen) => self.changed.changed_since(seen).await,
+                Step::WaitWritten(seen) => self.written_changed.changed_since(seen).await,
+                Step::WaitDurable(seen) => self.durable_changed.changed_since(seen).await,
             }
         }
     }
@@ -1020,7 +1043,8 @@ impl<S: Storage> Shared<S> {
         level: Level,
         force_sync: bool,
     ) -> Result<Step, StoreError> {
-        let seen = self.changed.generation();
+        let written_seen = self.written_changed.generation();
+        let durable_seen = self.durable_changed.generation();
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         if let Some(cause) = &state.poisoned {
@@ -1034,9 +1058,20 @@ impl<S: Storage> Shared<S> {
         if state.durable_offset >= end_offset {
             return Ok(Step::Done(level));
         }
+        let wants_sync = level == Level::Fsynced
+            && (force_sync || self.options.sync_policy == SyncPolicy::Always);
+        if wants_sync {
+            // Completions start the next write and sync for this offset from now on, so this
+            // waiter needs to wake only when the durable watermark moves.
+            state.fsync_wanted_offset = state.fsync_wanted_offset.max(end_offset);
+        }
         if state.written_offset < end_offset {
             if state.writer_scheduled || !self.write_possible(state) {
-                return Ok(Step::Wait(seen));
+                return Ok(if wants_sync {
+                    Step::WaitDurable(durable_seen)
+                } else {
+                    Step::WaitWritten(written_seen)
+                });
             }
             state.writer_scheduled = true;
             return Ok(Step::SpawnWriter);
@@ -1046,11 +1081,11 @@ impl<S: Storage> Shared<S> {
         }
         match self.options.sync_policy {
             SyncPolicy::Os if !force_sync => return Ok(Step::Done(Level::Written)),
-            SyncPolicy::Interval(_) if !force_sync => return Ok(Step::Wait(seen)),
+            SyncPolicy::Interval(_) if !force_sync => return Ok(Step::WaitDurable(durable_seen)),
             _ => {}
         }
         if state.sync_in_flight {
-            return Ok(Step::Wait(seen));
+            return Ok(Step::WaitDurable(durable_seen));
         }
         state.sync_in_flight = true;
         Ok(Step::SpawnSync)
@@ -1083,7 +1118,7 @@ impl<S: Storage> Shared<S> {
         };
         match job {
             Some(job) => self.run_write(job).await,
-            None => self.changed.notify(),
+            None => self.notify_all(),
         }
     }
 
@@ -1145,10 +1180,11 @@ impl<S: Storage> Shared<S> {
         let from = (position - state.tail.position) as usize;
         let to = (write.data_end - state.tail.position) as usize;
         buffer[..to - from].copy_from_slice(&state.tail.bytes[from..to]);
+        buffer[to - from..].fill(0);
         Some(buffer)
     }
 
-    async fn run_write(&self, job: WriteJob<S::File>) {
+    async fn run_write(self: &Rc<Self>, job: WriteJob<S::File>) {
         let mut position = job.position;
         let block_end = {
             let state = self.state.borrow();
@@ -1188,7 +1224,7 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    fn complete_write(&self, job: &WriteJob<S::File>, bytes: u64) {
+    fn complete_write(self: &Rc<Self>, job: &WriteJob<S::File>, bytes: u64) {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         state.stats.writes_count += 1;
@@ -1221,13 +1257,45 @@ impl<S: Storage> Shared<S> {
             tail.bytes.drain(..(keep_from - tail.position) as usize);
             tail.position = keep_from;
         }
+        let follow_up = self.follow_up(state);
         drop(guard);
-        self.changed.notify();
+        self.written_changed.notify();
+        self.spawn_follow_up(follow_up);
     }
 
-    async fn run_sync(&self, file: Rc<S::File>, target: SyncTarget) {
+    /// After a write or sync completes: start the next write if tail bytes wait for one, and the
+    /// next sync if someone wants a sync beyond the durable watermark and it is written.
+    fn follow_up(&self, state: &mut State<S>) -> (bool, bool) {
+        if state.poisoned.is_some() {
+            return (false, false);
+        }
+        let write = !state.writer_scheduled && self.write_possible(state);
+        if write {
+            state.writer_scheduled = true;
+        }
+        let sync = !state.sync_in_flight
+            && state.fsync_wanted_offset > state.durable_offset
+            && state.written_offset > state.durable_offset;
+        if sync {
+            state.sync_in_flight = true;
+        }
+        (write, sync)
+    }
+
+    fn spawn_follow_up(self: &Rc<Self>, (write, sync): (bool, bool)) {
+        if write {
+            let shared = self.clone();
+            runtime::spawn_detached(async move { shared.writer_task().await });
+        }
+        if sync {
+            let shared = self.clone();
+            runtime::spawn_detached(async move { shared.sync_task().await });
+        }
+    }
+
+    async fn run_sync(self: &Rc<Self>, file: Rc<S::File>, target: SyncTarget) {
         let result = file.fdatasync().await;
-        let checkpoint_due = {
+        let (checkpoint_due, follow_up) = {
             let mut guard = self.state.borrow_mut();
             let state = &mut *guard;
             state.sync_in_flight = false;
@@ -1242,7 +1310,7 @@ impl<S: Storage> Shared<S> {
                 return;
             }
             if state.poisoned.is_some() {
-                false
+                (false, (false, false))
             } else {
                 state.stats.syncs_count += 1;
                 if target.offset > state.durable_offset {
@@ -1253,12 +1321,14 @@ impl<S: Storage> Shared<S> {
                     state.tail.durable_position = state.tail.durable_position.max(target.position);
                 }
                 let checkpoint = &state.checkpoint;
-                checkpoint.segment_base_offset != state.active.base_offset
+                let due = checkpoint.segment_base_offset != state.active.base_offset
                     || state.tail.durable_position
-                        >= checkpoint.durable_position + self.options.checkpoint_every_bytes
+                        >= checkpoint.durable_position + self.options.checkpoint_every_bytes;
+                (due, self.follow_up(state))
             }
         };
-        self.changed.notify();
+        self.durable_changed.notify();
+        self.spawn_follow_up(follow_up);
         if checkpoint_due {
             // A failure poisons the log; the waiters of this sync were already answered.
             let _ = self.write_checkpoint().await;
@@ -1286,6 +1356,7 @@ impl<S: Storage> Shared<S> {
                 position: state.tail.durable_position,
             };
             let mut buffer = self.storage.alloc_buffer(CHECKPOINT_SLOT_BYTES as usize);
+            buffer.fill(0);
             format::encode_checkpoint(&checkpoint, &mut buffer);
             let slot_position = (checkpoint.sequence % 2) * CHECKPOINT_SLOT_BYTES;
             (
@@ -1386,7 +1457,7 @@ impl<S: Storage> Shared<S> {
                 }
             }
         }
-        self.changed.notify();
+        self.notify_all();
     }
 
     async fn roll_inner(self: &Rc<Self>) -> Result<(), StoreError> {
@@ -1417,6 +1488,7 @@ impl<S: Storage> Shared<S> {
         let mut block = self
             .storage
             .alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
+        block.fill(0);
         format::encode_segment_header(&seal_header, &mut block);
         let sealed = match old_file.write_at(block, 0).await {
             Ok(written) if written as u64 == SEGMENT_HEADER_BLOCK_BYTES => {

@@ -517,6 +517,7 @@ async fn new_segment<S: Storage>(
         seal: None,
     };
     let mut block = storage.alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
+    block.fill(0);
     format::encode_segment_header(&header, &mut block);
     let written = file
         .write_at(block, 0)

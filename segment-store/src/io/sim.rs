@@ -356,7 +356,8 @@ impl Storage for SimStorage {
     }
 
     fn alloc_buffer(&self, len: usize) -> Vec<u8> {
-        vec![0; len]
+        // Not zero, so that a caller that forgets to zero its padding writes visible garbage.
+        vec![0xA5; len]
     }
 }
 
