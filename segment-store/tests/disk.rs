@@ -270,3 +270,88 @@ fn os_policy_reports_written_and_sync_makes_durable() {
         assert_eq!(log.durable_offset(), 1);
     });
 }
+
+/// Catches: an interval policy that never syncs, or one that claims `Fsynced` before its sync.
+#[test]
+fn interval_policy_confirms_fsynced_after_a_periodic_sync() {
+    let dir = scratch_dir("interval");
+    run(async move {
+        let options = Options {
+            sync_policy: SyncPolicy::Interval(std::time::Duration::from_millis(20)),
+            max_payload_bytes: 8 * 1024,
+            segment_bytes: 1024 * 1024,
+            ..Options::default()
+        };
+        let (log, _) = Log::open(&dir, options).await.unwrap();
+        let body = payload(5, 100);
+        let appended = log.append(&[record(&body, 0)]).await.unwrap();
+        assert_eq!(log.durable_offset(), 0, "nothing synced at append time");
+        let started = std::time::Instant::now();
+        let level = log.wait(&appended, Level::Fsynced).await.unwrap();
+        assert_eq!(level, Level::Fsynced);
+        assert_eq!(log.durable_offset(), 1);
+        assert!(log.stats().syncs_count >= 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    });
+}
+
+/// Catches: a time index that points past the records at or after a timestamp, and retention by
+/// offset or age that deletes too much or too little.
+#[test]
+fn time_lookups_and_retention_by_offset_and_age_pick_the_right_segments() {
+    let dir = scratch_dir("time");
+    run(async move {
+        let options = Options {
+            segment_bytes: 32 * 1024,
+            max_payload_bytes: 8 * 1024,
+            ..Options::default()
+        };
+        let (log, _) = Log::open(&dir, options).await.unwrap();
+        let body = payload(6, 900);
+        for index in 0..150u64 {
+            let timestamp_ms = 1_000 + index * 10;
+            log.append_wait(&[record(&body, timestamp_ms)], Level::Fsynced)
+                .await
+                .unwrap();
+        }
+        for target_ms in [0, 1_000, 1_005, 1_500, 2_000, 2_490, 9_999] {
+            let start = log.offset_before_time(target_ms);
+            let records = log.read(start, ALL, Watermark::Durable).await.unwrap();
+            let first_at_or_after = records.iter().find(|r| r.timestamp_ms >= target_ms);
+            let expected = (0..150u64).find(|index| 1_000 + index * 10 >= target_ms);
+            assert_eq!(
+                first_at_or_after.map(|r| r.offset),
+                expected,
+                "target {target_ms}"
+            );
+            assert!(records.first().is_none_or(|r| r.offset == start));
+        }
+
+        let sealed = log.sealed_segments();
+        assert!(sealed.len() >= 3);
+        let (second_base, _) = sealed[1];
+        let by_offset = Retention {
+            offset_min: Some(second_base + 1),
+            ..Default::default()
+        };
+        let report = log.apply_retention(&by_offset, 0).await.unwrap();
+        assert_eq!(
+            report.segments_deleted_count, 1,
+            "only the first segment lies wholly below"
+        );
+        assert_eq!(log.first_offset(), second_base);
+
+        let by_age = Retention {
+            age_max: Some(std::time::Duration::from_millis(1)),
+            ..Default::default()
+        };
+        let report = log.apply_retention(&by_age, 1_000_000).await.unwrap();
+        assert!(report.segments_deleted_count >= 1);
+        assert!(
+            log.sealed_segments().is_empty(),
+            "every sealed segment is older than the limit"
+        );
+        let remaining = log.read(0, ALL, Watermark::Durable).await.unwrap();
+        assert!(!remaining.is_empty(), "the active segment stays");
+    });
+}
