@@ -41,6 +41,7 @@ use crate::format::{
     self, BLOCK_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, RECORD_HEADER_BYTES, RecordHeader,
     SEGMENT_HEADER_BLOCK_BYTES, Seal, SegmentHeader, align_down, align_up, frame_bytes,
 };
+use crate::index_file::{self, IndexOwner};
 use crate::io::{Storage, StorageFile, uring::UringStorage};
 use crate::mapped;
 use crate::runtime;
@@ -109,6 +110,10 @@ pub struct Options {
     /// Period of the background task that writes `Memory`-level appends nobody waits for and, under
     /// `Interval`, syncs. `None` runs no background task.
     pub background_period: Option<Duration>,
+    /// Scan and CRC-check every sealed segment on open (slow for large logs, catches damage
+    /// before the first read). With `false`, a sealed segment with a valid index file is trusted
+    /// and damage shows at read time as `Corrupt`.
+    pub verify_sealed_on_open: bool,
     /// NEGATIVE CONTROL FOR TESTS ONLY: report every append at the requested level as soon as it is
     /// in the tail buffer. Crash checkers must detect the resulting loss.
     #[doc(hidden)]
@@ -126,6 +131,7 @@ impl Default for Options {
             checkpoint_every_bytes: 8 * 1024 * 1024,
             epoch_floor: 1,
             background_period: Some(Duration::from_millis(5)),
+            verify_sealed_on_open: true,
             confirm_before_durable_for_tests: false,
         }
     }
@@ -218,6 +224,8 @@ pub struct RecoveryReport {
     pub truncated_at: Option<(PathBuf, u64, u64)>,
     /// Segment files created but never started, removed by recovery.
     pub removed_files: Vec<PathBuf>,
+    /// Index files of sealed segments found missing, short, stale or ahead, and rewritten.
+    pub indexes_rebuilt_count: u64,
     pub elapsed: Duration,
 }
 
@@ -1502,6 +1510,18 @@ impl<S: Storage> Shared<S> {
             self.poison(error.to_string());
             return Err(error);
         }
+        let owner = IndexOwner {
+            epoch: seal_header.epoch,
+            base_offset: seal_header.base_offset,
+            seal: seal_header.seal.expect("built sealed above"),
+        };
+        let index = self.state.borrow().active.index.clone();
+        if let Err(error) =
+            crate::recovery::write_index(&self.storage, &self.dir, &owner, &index).await
+        {
+            // Derived data: the next open rebuilds it.
+            warn!(segment = %old_path.display(), error = %error, "index file not written");
+        }
         if let Err(error) = self.storage.sync_dir(&self.dir).await {
             let error = StoreError::io("directory fsync", &self.dir, None, error);
             self.poison(error.to_string());
@@ -1573,10 +1593,13 @@ impl<S: Storage> Shared<S> {
         };
         let path = segment.path.clone();
         drop(segment);
-        match self.storage.remove_file(&path).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(StoreError::io("remove segment", &path, None, error)),
+        let index_path = self.dir.join(index_file::index_file_name(base_offset));
+        for path in [&path, &index_path] {
+            match self.storage.remove_file(path).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(StoreError::io("remove segment", path, None, error)),
+            }
         }
         self.storage
             .sync_dir(&self.dir)

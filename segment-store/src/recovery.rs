@@ -25,6 +25,7 @@ use crate::format::{
     self, BLOCK_BYTES, CHECKPOINT_FILE_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, Fault,
     SEGMENT_HEADER_BLOCK_BYTES, SegmentHeader, align_down,
 };
+use crate::index_file::{self, IndexOwner};
 use crate::io::{Storage, StorageFile};
 use crate::log::{Options, Recovered, RecoveryReport, Segment, Tail, now_ms};
 use crate::mapped;
@@ -191,6 +192,67 @@ async fn open_checkpoint<S: Storage>(
     Ok((file, path, best))
 }
 
+/// Reads and checks the index file of a sealed segment; the error says why it cannot be used.
+async fn load_index<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    owner: &IndexOwner,
+) -> Result<crate::segment::SegmentIndex, String> {
+    let path = dir.join(index_file::index_file_name(owner.base_offset));
+    let file = storage
+        .open_file(&path)
+        .await
+        .map_err(|error| format!("missing: {error}"))?;
+    let size = file.size().await.map_err(|error| error.to_string())?;
+    let limit = (index_file::INDEX_HEADER_BYTES
+        + 2 * 16 * index_file::INDEX_ENTRIES_MAX
+        + BLOCK_BYTES as usize) as u64;
+    if size > limit {
+        return Err(format!("file of {size} bytes exceeds {limit}"));
+    }
+    let bytes = file
+        .read_at(0, size as usize)
+        .await
+        .map_err(|error| error.to_string())?;
+    index_file::decode_index(&bytes, owner).map_err(|fault| format!("{fault:?}"))
+}
+
+/// Writes the index file of a sealed segment (block-padded, fdatasync'ed). Index files are
+/// derived data: no directory sync, a lost one is rebuilt on the next open.
+pub(crate) async fn write_index<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    owner: &IndexOwner,
+    index: &crate::segment::SegmentIndex,
+) -> Result<(), StoreError> {
+    let path = dir.join(index_file::index_file_name(owner.base_offset));
+    match storage.remove_file(&path).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(StoreError::io("remove index", &path, None, error)),
+    }
+    let encoded = index_file::encode_index(owner, index);
+    let padded = format::align_up(encoded.len() as u64) as usize;
+    let mut buffer = storage.alloc_buffer(padded);
+    buffer[..encoded.len()].copy_from_slice(&encoded);
+    buffer[encoded.len()..].fill(0);
+    let file = storage
+        .create_file(&path)
+        .await
+        .map_err(|error| StoreError::io("create index", &path, None, error))?;
+    let written = file
+        .write_at(buffer, 0)
+        .await
+        .map_err(|error| StoreError::io("write index", &path, Some(0), error))?;
+    if written != padded {
+        let error = io::Error::other(format!("short index write of {written}"));
+        return Err(StoreError::io("write index", &path, Some(0), error));
+    }
+    file.fdatasync()
+        .await
+        .map_err(|error| StoreError::io("fdatasync", &path, None, error))
+}
+
 /// Runs recovery on `dir` and returns the state a log starts from.
 pub(crate) async fn recover<S: Storage>(
     storage: &S,
@@ -225,6 +287,21 @@ pub(crate) async fn recover<S: Storage>(
         .filter_map(|name| format::parse_segment_file_name(name))
         .collect();
     bases.sort_unstable();
+    for name in &names {
+        let orphan = name
+            .strip_suffix(".idx")
+            .and_then(|digits| format::parse_segment_file_name(&format!("{digits}.seg")))
+            .is_some_and(|base| bases.binary_search(&base).is_err());
+        if orphan {
+            // The index of a segment whose deletion finished before the index's did.
+            let path = dir.join(name);
+            match storage.remove_file(&path).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(StoreError::io("remove index", &path, None, error)),
+            }
+        }
+    }
 
     let mut epoch_max = checkpoint.map_or(0, |checkpoint| checkpoint.epoch_max);
     let mut sealed: BTreeMap<u64, Segment<S::File>> = BTreeMap::new();
@@ -298,8 +375,43 @@ pub(crate) async fn recover<S: Storage>(
                 );
                 return Err(corrupt(&path, None, 0, reason));
             }
-            let scan = scan_segment(&file, &path, &header, seal.end_position, options).await?;
+            let owner = IndexOwner {
+                epoch: header.epoch,
+                base_offset,
+                seal,
+            };
+            let loaded = load_index(storage, dir, &owner).await;
             let expected_end = base_offset + seal.record_count;
+            if !options.verify_sealed_on_open
+                && let Ok(index) = loaded
+            {
+                // Trusted: the seal was written after the data was synced, and every read checks
+                // each record's CRC.
+                let map = file
+                    .raw_fd()
+                    .and_then(|fd| mapped::map_sealed(fd, seal.end_position).ok())
+                    .map(Rc::new);
+                report.records_count += seal.record_count;
+                next_offset = expected_end;
+                sealed.insert(
+                    base_offset,
+                    Segment {
+                        base_offset,
+                        epoch: header.epoch,
+                        path,
+                        file: Rc::new(file),
+                        created_ms: header.created_ms,
+                        record_count: seal.record_count,
+                        end_position: seal.end_position,
+                        timestamp_ms_max: seal.timestamp_ms_max,
+                        index,
+                        live: LiveSet::default(),
+                        map,
+                    },
+                );
+                continue;
+            }
+            let scan = scan_segment(&file, &path, &header, seal.end_position, options).await?;
             if scan.next_offset != expected_end || scan.end_position != seal.end_position {
                 let reason = format!(
                     "sealed segment promises offsets up to {expected_end} ending at byte {}; \
@@ -313,6 +425,11 @@ pub(crate) async fn recover<S: Storage>(
                     scan.end_position,
                     reason,
                 ));
+            }
+            if let Err(reason) = loaded {
+                warn!(segment = %path.display(), reason = %reason, "segment index rebuilt");
+                report.indexes_rebuilt_count += 1;
+                write_index(storage, dir, &owner, &scan.index).await?;
             }
             let map = file
                 .raw_fd()

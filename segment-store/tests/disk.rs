@@ -177,14 +177,27 @@ fn dead_segments_are_deleted_and_copy_forward_frees_pinned_ones() {
             sealed.len() >= 3,
             "expected several sealed segments, got {sealed:?}"
         );
-        let files_before = std::fs::read_dir(&dir).unwrap().count();
+        let segment_files = || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter(|entry| {
+                    entry
+                        .as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|e| e == "seg")
+                })
+                .count()
+        };
+        let files_before = segment_files();
 
         let (first_base, first_live) = sealed[0];
         for offset in first_base..first_base + first_live {
             let deleted = log.mark_dead(offset).await.unwrap();
             assert_eq!(deleted, offset + 1 == first_base + first_live);
         }
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), files_before - 1);
+        assert_eq!(segment_files(), files_before - 1);
         assert!(
             log.mark_dead(first_base).await.is_ok(),
             "marking again is harmless"
@@ -354,4 +367,69 @@ fn time_lookups_and_retention_by_offset_and_age_pick_the_right_segments() {
         let remaining = log.read(0, ALL, Watermark::Durable).await.unwrap();
         assert!(!remaining.is_empty(), "the active segment stays");
     });
+}
+
+/// Catches: an index file that is trusted although missing, short, stale or ahead (wrong reads or
+/// a refused open), and a rebuild that does not rewrite the file. Index files are derived data.
+#[test]
+fn damaged_index_files_are_rebuilt_and_never_stop_an_open() {
+    let dir = scratch_dir("index");
+    let options = Options {
+        segment_bytes: 32 * 1024,
+        max_payload_bytes: 8 * 1024,
+        verify_sealed_on_open: false,
+        ..Options::default()
+    };
+    let bodies: Vec<Vec<u8>> = (0..200).map(|tag| payload(tag, 700)).collect();
+    run({
+        let (dir, options, bodies) = (dir.clone(), options.clone(), bodies.clone());
+        async move {
+            let (log, _) = Log::open(&dir, options).await.unwrap();
+            for body in &bodies {
+                log.append_wait(&[record(body, 1)], Level::Fsynced)
+                    .await
+                    .unwrap();
+            }
+            assert!(log.sealed_segments().len() >= 4);
+            log.close().await.unwrap();
+        }
+    });
+    let mut indexes: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "idx"))
+        .collect();
+    indexes.sort();
+    assert!(indexes.len() >= 4, "every sealed segment has an index file");
+    std::fs::remove_file(&indexes[0]).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&indexes[1])
+        .unwrap();
+    file.set_len(30).unwrap();
+    std::fs::copy(&indexes[3], &indexes[2]).unwrap();
+    std::fs::write(dir.join("00000000000099999999.idx"), b"orphan").unwrap();
+
+    let reopen = |expected_rebuilt: u64| {
+        let (dir, options, bodies) = (dir.clone(), options.clone(), bodies.clone());
+        run(async move {
+            let (log, report) = Log::open(&dir, options).await.unwrap();
+            assert_eq!(report.indexes_rebuilt_count, expected_rebuilt);
+            for from in [0u64, 13, 57, 101, 150, 199] {
+                let limits = ReadLimits {
+                    records_max: 3,
+                    bytes_max: usize::MAX,
+                };
+                let records = log.read(from, limits, Watermark::Durable).await.unwrap();
+                assert_eq!(records[0].offset, from);
+                assert_eq!(records[0].payload, bodies[from as usize]);
+            }
+        })
+    };
+    reopen(3);
+    reopen(0);
+    assert!(
+        !dir.join("00000000000099999999.idx").exists(),
+        "orphan index removed"
+    );
 }
