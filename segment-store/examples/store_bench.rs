@@ -236,20 +236,28 @@ fn main() {
                 duration,
             );
             let seconds = result.elapsed.as_secs_f64();
+            let level_requested = if policy == SyncPolicy::Os {
+                Level::Written
+            } else {
+                Level::Fsynced
+            };
+            let payload_bytes = result.records_count as f64 * record_bytes as f64;
+            let records_per_sync =
+                result.stats.synced_records_count as f64 / result.stats.syncs_count.max(1) as f64;
             let mean_write_bytes =
                 result.stats.written_bytes as f64 / result.stats.writes_count.max(1) as f64;
             let entry = json!({
                 "policy": policy_name(policy),
                 "record_payload_bytes": record_bytes,
                 "appenders_count": THROUGHPUT_APPENDERS,
-                "level_requested": format!("{:?}", if policy == SyncPolicy::Os { Level::Written } else { Level::Fsynced }),
+                "level_requested": format!("{level_requested:?}"),
                 "level_reached": format!("{:?}", result.level),
                 "records_per_s": result.records_count as f64 / seconds,
-                "payload_mib_per_s": result.records_count as f64 * record_bytes as f64 / seconds / 1048576.0,
+                "payload_mib_per_s": payload_bytes / seconds / 1048576.0,
                 "disk_write_mib_per_s": result.stats.written_bytes as f64 / seconds / 1048576.0,
                 "mean_write_bytes": mean_write_bytes,
                 "syncs_per_s": result.stats.syncs_count as f64 / seconds,
-                "records_per_sync": result.stats.synced_records_count as f64 / result.stats.syncs_count.max(1) as f64,
+                "records_per_sync": records_per_sync,
                 "elapsed_s": seconds,
                 "recovery_records_count": result.recovery.records_count,
                 "recovery_segments_count": result.recovery.segments_count,
@@ -288,6 +296,7 @@ fn main() {
         let syncs_per_s = result.stats.syncs_count as f64 / seconds;
         let fio_syncs_per_s = fio["write_iops"].as_f64().unwrap_or(0.0);
         let p50 = percentile(&result.latency_us, 0.5);
+        let fio_p50_us = fio["write_plus_sync_p50_us"].as_f64().unwrap_or(0.0);
         let entry = json!({
             "policy": "always",
             "record_payload_bytes": record_bytes,
@@ -304,7 +313,7 @@ fn main() {
             "fio": fio,
             "ratio_syncs_per_s_vs_fio": syncs_per_s / fio_syncs_per_s.max(1e-9),
             "ratio_mean_group_vs_appenders": group / appenders as f64,
-            "p50_minus_fio_write_plus_sync_p50_us": p50 as f64 - fio["write_plus_sync_p50_us"].as_f64().unwrap_or(0.0),
+            "p50_minus_fio_write_plus_sync_p50_us": p50 as f64 - fio_p50_us,
         });
         println!("{entry}");
         latency.push(entry);
@@ -344,7 +353,7 @@ fn main() {
             "fio_version": shell("fio --version"),
             "uptime_before": load_before,
             "uptime_after": shell("uptime"),
-            "placement": "one glommio executor, Placement::Unbound, on a 2-vCPU VM shared with other jobs",
+            "placement": "one glommio executor, Placement::Unbound, 2-vCPU VM shared",
         },
         "seconds_per_case": seconds,
         "throughput": throughput,

@@ -185,7 +185,8 @@ async fn open_checkpoint<S: Storage>(
             }
             Err(Fault::Zero) => {}
             Err(fault) => {
-                warn!(path = %path.display(), slot, fault = %fault.describe(), "checkpoint slot unreadable");
+                let fault = fault.describe();
+                warn!(path = %path.display(), slot, fault = %fault, "checkpoint slot unreadable");
             }
         }
     }
@@ -470,7 +471,8 @@ pub(crate) async fn recover<S: Storage>(
                 "{} below the durable offset {durable_offset}",
                 scan.fault.describe()
             );
-            warn!(segment = %path.display(), offset = scan.next_offset, position = scan.end_position,
+            let (offset, position) = (scan.next_offset, scan.end_position);
+            warn!(segment = %path.display(), offset, position,
                   "damage below the durable point");
             return Err(corrupt(
                 &path,

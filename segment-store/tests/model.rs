@@ -54,6 +54,7 @@ fn options(rng: &mut SimRng, negative_control: bool) -> Options {
         write_bytes_max: [4096, 8192, 16384][rng.below(3) as usize],
         checkpoint_every_bytes: 8 * 1024,
         background_period: None,
+        verify_sealed_on_open: rng.chance(1, 2),
         confirm_before_durable_for_tests: negative_control,
         ..Options::default()
     }
