@@ -20,6 +20,8 @@ const APPENDER_COUNTS: [usize; 3] = [1, 8, 64];
 /// Appenders used for the throughput cases.
 const THROUGHPUT_APPENDERS: usize = 64;
 const SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+/// Alternations of store and fio per comparison.
+const REPEATS: usize = 3;
 
 struct CaseResult {
     records_count: u64,
@@ -200,6 +202,12 @@ fn shell(command: &str) -> String {
         .unwrap_or_default()
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn percentile(histogram: &Histogram<u64>, quantile: f64) -> u64 {
     histogram.value_at_quantile(quantile)
 }
@@ -219,6 +227,29 @@ fn main() {
     let scratch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let load_before = shell("uptime");
+    // Profiling aid: `STORE_BENCH_ONLY_APPENDERS=<n>` runs only the durable-latency case with n
+    // appenders and prints its figures, without fio and without writing a report.
+    if let Some(appenders) = std::env::var("STORE_BENCH_ONLY_APPENDERS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        let result = run_case(
+            &scratch.join("log"),
+            SyncPolicy::Always,
+            1024,
+            appenders,
+            duration,
+        );
+        let seconds = result.elapsed.as_secs_f64();
+        println!(
+            "appenders={appenders} syncs_per_s={:.0} records_per_sync={:.1} p50_us={} p99_us={}",
+            result.stats.syncs_count as f64 / seconds,
+            result.stats.synced_records_count as f64 / result.stats.syncs_count.max(1) as f64,
+            percentile(&result.latency_us, 0.5),
+            percentile(&result.latency_us, 0.99),
+        );
+        return;
+    }
 
     let mut throughput = Vec::new();
     let policies = [
@@ -268,49 +299,62 @@ fn main() {
         }
     }
 
+    // The virtual disk's speed drifts from second to second, so each comparison alternates the
+    // store and fio REPEATS times and compares medians.
     let mut latency = Vec::new();
     for appenders in APPENDER_COUNTS {
         let record_bytes = 1024;
-        let result = run_case(
-            &scratch.join("log"),
-            SyncPolicy::Always,
-            record_bytes,
-            appenders,
-            duration,
-        );
-        let seconds = result.elapsed.as_secs_f64();
-        let group =
-            result.stats.synced_records_count as f64 / result.stats.syncs_count.max(1) as f64;
-        let group_bytes =
-            result.stats.written_bytes as f64 / result.stats.writes_count.max(1) as f64;
-        let block = ((group_bytes / 4096.0).round().max(1.0) as u64) * 4096;
-        let fio_report = fio(
-            &scratch,
-            &format!("sync-{appenders}"),
-            block,
-            1,
-            true,
-            seconds.round() as u64,
-        );
-        let fio = fio_summary(&fio_report);
-        let syncs_per_s = result.stats.syncs_count as f64 / seconds;
-        let fio_syncs_per_s = fio["write_iops"].as_f64().unwrap_or(0.0);
-        let p50 = percentile(&result.latency_us, 0.5);
-        let fio_p50_us = fio["write_plus_sync_p50_us"].as_f64().unwrap_or(0.0);
+        let mut merged = Histogram::<u64>::new(3).unwrap();
+        let (mut store_rates, mut fio_rates) = (Vec::new(), Vec::new());
+        let (mut fio_p50s, mut groups) = (Vec::new(), Vec::new());
+        let mut block = 0;
+        let mut fio_runs = Vec::new();
+        for _ in 0..REPEATS {
+            let log_dir = scratch.join("log");
+            let result = run_case(
+                &log_dir,
+                SyncPolicy::Always,
+                record_bytes,
+                appenders,
+                duration,
+            );
+            let seconds = result.elapsed.as_secs_f64();
+            let stats = result.stats;
+            groups.push(stats.synced_records_count as f64 / stats.syncs_count.max(1) as f64);
+            if block == 0 {
+                let group_bytes = stats.written_bytes as f64 / stats.writes_count.max(1) as f64;
+                block = ((group_bytes / 4096.0).round().max(1.0) as u64) * 4096;
+            }
+            store_rates.push(stats.syncs_count as f64 / seconds);
+            merged.add(&result.latency_us).unwrap();
+            let name = format!("sync-{appenders}");
+            let fio = fio_summary(&fio(&scratch, &name, block, 1, true, duration.as_secs()));
+            fio_rates.push(fio["write_iops"].as_f64().unwrap_or(0.0));
+            fio_p50s.push(fio["write_plus_sync_p50_us"].as_f64().unwrap_or(0.0));
+            fio_runs.push(fio);
+        }
+        let syncs_per_s = median(&store_rates);
+        let fio_syncs_per_s = median(&fio_rates);
+        let group = median(&groups);
+        let p50 = percentile(&merged, 0.5);
+        let fio_p50_us = median(&fio_p50s);
         let entry = json!({
             "policy": "always",
             "record_payload_bytes": record_bytes,
             "appenders_count": appenders,
+            "repeats_count": REPEATS,
             "latency_p50_us": p50,
-            "latency_p99_us": percentile(&result.latency_us, 0.99),
-            "latency_p999_us": percentile(&result.latency_us, 0.999),
-            "latency_max_us": result.latency_us.max(),
-            "records_per_s": result.records_count as f64 / seconds,
-            "syncs_per_s": syncs_per_s,
-            "records_per_sync": group,
-            "mean_write_bytes": group_bytes,
+            "latency_p99_us": percentile(&merged, 0.99),
+            "latency_p999_us": percentile(&merged, 0.999),
+            "latency_max_us": merged.max(),
+            "syncs_per_s_median": syncs_per_s,
+            "syncs_per_s_runs": store_rates,
+            "records_per_sync_median": group,
             "fio_block_bytes": block,
-            "fio": fio,
+            "fio_syncs_per_s_median": fio_syncs_per_s,
+            "fio_syncs_per_s_runs": fio_rates,
+            "fio_write_plus_sync_p50_us_median": fio_p50_us,
+            "fio_runs": fio_runs,
             "ratio_syncs_per_s_vs_fio": syncs_per_s / fio_syncs_per_s.max(1e-9),
             "ratio_mean_group_vs_appenders": group / appenders as f64,
             "p50_minus_fio_write_plus_sync_p50_us": p50 as f64 - fio_p50_us,
@@ -319,22 +363,32 @@ fn main() {
         latency.push(entry);
     }
 
-    // Raw sequential bandwidth at the store's write size and queue depth for the `os` 16 KiB case.
-    let os_16k = throughput
-        .iter()
-        .find(|entry| entry["policy"] == "os" && entry["record_payload_bytes"] == 16 * 1024)
-        .cloned()
-        .unwrap();
-    let store_block = ((os_16k["mean_write_bytes"].as_f64().unwrap() / 4096.0)
-        .round()
-        .max(1.0) as u64)
-        * 4096;
-    let fio_sequential_qd1 = fio_summary(&fio(&scratch, "seq-qd1", store_block, 1, false, seconds));
-    let fio_sequential_qd2 = fio_summary(&fio(&scratch, "seq-qd2", store_block, 2, false, seconds));
-    let store_mib = os_16k["disk_write_mib_per_s"].as_f64().unwrap();
-    let fio_mib = fio_sequential_qd1["write_bandwidth_mib_per_s"]
-        .as_f64()
-        .unwrap();
+    // Sequential bandwidth, `os` policy, 16 KiB records, against fio at the store's write size and
+    // queue depth 1 (and 2 for reference), alternated like above.
+    let (mut store_mibs, mut fio_mibs, mut fio_qd2_mibs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut store_block = 0;
+    for _ in 0..REPEATS {
+        let result = run_case(
+            &scratch.join("log"),
+            SyncPolicy::Os,
+            16 * 1024,
+            64,
+            duration,
+        );
+        let stats = result.stats;
+        store_mibs.push(stats.written_bytes as f64 / result.elapsed.as_secs_f64() / 1048576.0);
+        if store_block == 0 {
+            let mean = stats.written_bytes as f64 / stats.writes_count.max(1) as f64;
+            store_block = ((mean / 4096.0).round().max(1.0) as u64) * 4096;
+        }
+        let seconds = duration.as_secs();
+        let qd1 = fio_summary(&fio(&scratch, "seq-qd1", store_block, 1, false, seconds));
+        fio_mibs.push(qd1["write_bandwidth_mib_per_s"].as_f64().unwrap_or(0.0));
+        let qd2 = fio_summary(&fio(&scratch, "seq-qd2", store_block, 2, false, seconds));
+        fio_qd2_mibs.push(qd2["write_bandwidth_mib_per_s"].as_f64().unwrap_or(0.0));
+    }
+    let store_mib = median(&store_mibs);
+    let fio_mib = median(&fio_mibs);
 
     let revision =
         shell("git -C \"$(dirname $0)\" rev-parse HEAD 2>/dev/null || git rev-parse HEAD");
@@ -359,10 +413,13 @@ fn main() {
         "throughput": throughput,
         "durable_latency": latency,
         "os_16k_vs_fio": {
-            "store_disk_write_mib_per_s": store_mib,
+            "repeats_count": REPEATS,
+            "store_disk_write_mib_per_s_median": store_mib,
+            "store_disk_write_mib_per_s_runs": store_mibs,
             "fio_block_bytes": store_block,
-            "fio_sequential_qd1": fio_sequential_qd1,
-            "fio_sequential_qd2": fio_sequential_qd2,
+            "fio_qd1_mib_per_s_median": fio_mib,
+            "fio_qd1_mib_per_s_runs": fio_mibs,
+            "fio_qd2_mib_per_s_median": median(&fio_qd2_mibs),
             "ratio_vs_fio_qd1": store_mib / fio_mib.max(1e-9),
         },
     });
