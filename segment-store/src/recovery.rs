@@ -672,3 +672,174 @@ async fn new_segment<S: Storage>(
         Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, Vec::new()),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+    use crate::format::{Seal, encode_checkpoint, encode_segment_header, segment_file_name};
+    use crate::io::sim::SimStorage;
+    use crate::log::{Level, Log, Record};
+
+    const DIR: &str = "/sim/recovery";
+
+    fn run<T: 'static>(future: impl Future<Output = T> + 'static) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("glommio executor starts")
+            .run(future)
+    }
+
+    fn options() -> Options {
+        Options {
+            segment_bytes: 16 * 1024,
+            max_payload_bytes: 1024,
+            background_period: None,
+            ..Options::default()
+        }
+    }
+
+    /// 60 records of 500 bytes: several sealed segments and an active one, closed cleanly.
+    fn build() -> SimStorage {
+        let storage = SimStorage::new(1);
+        let session = storage.session();
+        run(async move {
+            let (log, _) = Log::open_with(session, DIR, options()).await.unwrap();
+            for tag in 0..60u8 {
+                let body = [tag; 500];
+                let record = Record {
+                    payload: &body,
+                    timestamp_ms: 1,
+                    flags: 0,
+                };
+                log.append_wait(&[record], Level::Fsynced).await.unwrap();
+            }
+            assert!(log.sealed_segments().len() >= 2);
+            log.close().await.unwrap();
+        });
+        storage
+    }
+
+    fn open(storage: &SimStorage) -> Result<RecoveryReport, StoreError> {
+        let session = storage.session();
+        run(async move {
+            Log::open_with(session, DIR, options())
+                .await
+                .map(|(_, report)| report)
+        })
+    }
+
+    fn segment(base_offset: u64) -> PathBuf {
+        Path::new(DIR).join(segment_file_name(base_offset))
+    }
+
+    fn bases(storage: &SimStorage) -> Vec<u64> {
+        let mut bases: Vec<u64> = crate::io::sim::sim_paths(storage)
+            .iter()
+            .filter_map(|path| format::parse_segment_file_name(path.file_name()?.to_str()?))
+            .collect();
+        bases.sort_unstable();
+        bases
+    }
+
+    #[test]
+    fn a_clean_log_reopens_with_every_record() {
+        let storage = build();
+        let report = open(&storage).unwrap();
+        assert_eq!((report.next_offset, report.records_count), (60, 60));
+        assert_eq!(report.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn a_trailing_segment_whose_header_never_landed_is_removed() {
+        let storage = build();
+        let path = segment(60);
+        let session = storage.session();
+        let created = path.clone();
+        run(async move {
+            let file = session.create_file(&created).await.unwrap();
+            file.preallocate(16 * 1024).await.unwrap();
+            session.sync_dir(Path::new(DIR)).await.unwrap();
+        });
+        let report = open(&storage).unwrap();
+        assert_eq!(report.removed_files, vec![path]);
+        assert!(!bases(&storage).contains(&60));
+        assert_eq!(report.next_offset, 60);
+    }
+
+    #[test]
+    fn an_unsealed_segment_followed_by_another_refuses_the_open() {
+        let storage = build();
+        let first = bases(&storage)[0];
+        let header = SegmentHeader {
+            epoch: 1,
+            base_offset: first,
+            created_ms: 0,
+            seal: None,
+        };
+        let mut block = vec![0u8; SEGMENT_HEADER_BLOCK_BYTES as usize];
+        encode_segment_header(&header, &mut block);
+        storage.poke(&segment(first), 0, &block);
+        let error = open(&storage).unwrap_err();
+        assert!(matches!(&error, StoreError::Corrupt { segment: at, .. } if *at == segment(first)));
+    }
+
+    #[test]
+    fn a_sealed_segment_missing_a_promised_record_refuses_the_open_naming_the_offset() {
+        let storage = build();
+        let first = bases(&storage)[0];
+        let third_record = SEGMENT_HEADER_BLOCK_BYTES + 2 * (RECORD_HEADER + 500);
+        storage.poke(&segment(first), third_record, &[0u8; 40]);
+        match open(&storage) {
+            Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, Some(first + 2)),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sealed_header_promising_more_records_than_present_refuses_the_open() {
+        let storage = build();
+        let first = bases(&storage)[0];
+        let contents = storage.contents(&segment(first)).unwrap();
+        let header = format::decode_segment_header(&contents).unwrap();
+        let seal = header.seal.unwrap();
+        let inflated = Seal {
+            record_count: seal.record_count + 1,
+            ..seal
+        };
+        let mut block = vec![0u8; SEGMENT_HEADER_BLOCK_BYTES as usize];
+        encode_segment_header(
+            &SegmentHeader {
+                seal: Some(inflated),
+                ..header
+            },
+            &mut block,
+        );
+        storage.poke(&segment(first), 0, &block);
+        assert!(matches!(open(&storage), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_checkpoint_beyond_the_stored_records_refuses_the_open() {
+        let storage = build();
+        let checkpoint = Checkpoint {
+            epoch_max: 1,
+            sequence: 1_000,
+            durable_offset: 70,
+            segment_base_offset: 0,
+            position: SEGMENT_HEADER_BLOCK_BYTES,
+        };
+        let mut slot = vec![0u8; CHECKPOINT_SLOT_BYTES as usize];
+        encode_checkpoint(&checkpoint, &mut slot);
+        storage.poke(&Path::new(DIR).join(CHECKPOINT_FILE_NAME), 0, &slot);
+        match open(&storage) {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("durable offset 70"))
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    const RECORD_HEADER: u64 = format::RECORD_HEADER_BYTES as u64;
+}
