@@ -1474,8 +1474,14 @@ impl<S: Storage> Shared<S> {
             (state.next_offset, state.epoch_current)
         };
         let path = self.dir.join(format::segment_file_name(base_offset));
-        let file =
-            crate::recovery::create_segment_file(&self.storage, &path, &self.options).await?;
+        let (file, created_ms) = crate::recovery::create_started_segment(
+            &self.storage,
+            &path,
+            &self.options,
+            epoch,
+            base_offset,
+        )
+        .await?;
 
         self.drive(base_offset, Level::Fsynced, true).await?;
         let (old_file, old_path, seal_header) = {
@@ -1528,28 +1534,11 @@ impl<S: Storage> Shared<S> {
             return Err(error);
         }
 
-        let created_ms = now_ms();
         let emptied = {
             let mut state = self.state.borrow_mut();
             let state = &mut *state;
-            let mut header_block = vec![0u8; SEGMENT_HEADER_BLOCK_BYTES as usize];
-            let header = SegmentHeader {
-                epoch,
-                base_offset,
-                created_ms,
-                seal: None,
-            };
-            format::encode_segment_header(&header, &mut header_block);
-            let new_tail = Tail {
-                bytes: header_block,
-                position: 0,
-                submitted_position: 0,
-                written_position: 0,
-                in_flight: VecDeque::new(),
-                batch_ends: VecDeque::new(),
-                written_boundary_position: 0,
-                durable_position: 0,
-            };
+            // The header block is on disk already; records start after it.
+            let new_tail = Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, Vec::new());
             let old_tail = std::mem::replace(&mut state.tail, new_tail);
             let new_active = Segment {
                 base_offset,

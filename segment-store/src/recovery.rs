@@ -64,6 +64,41 @@ pub(crate) async fn create_segment_file<S: Storage>(
     Ok(file)
 }
 
+/// Creates, preallocates and starts a segment: its header is written and synced before any record
+/// goes in. A started segment keeps the log's next offset across a crash even when every segment
+/// before it was deleted (all records dead), so offsets are never handed out twice.
+pub(crate) async fn create_started_segment<S: Storage>(
+    storage: &S,
+    path: &Path,
+    options: &Options,
+    epoch: u32,
+    base_offset: u64,
+) -> Result<(S::File, u64), StoreError> {
+    let file = create_segment_file(storage, path, options).await?;
+    let created_ms = now_ms();
+    let header = SegmentHeader {
+        epoch,
+        base_offset,
+        created_ms,
+        seal: None,
+    };
+    let mut block = storage.alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
+    block.fill(0);
+    format::encode_segment_header(&header, &mut block);
+    let written = file
+        .write_at(block, 0)
+        .await
+        .map_err(|error| StoreError::io("write", path, Some(0), error))?;
+    if written as u64 != SEGMENT_HEADER_BLOCK_BYTES {
+        let error = io::Error::other(format!("short header write of {written}"));
+        return Err(StoreError::io("write", path, Some(0), error));
+    }
+    file.fdatasync()
+        .await
+        .map_err(|error| StoreError::io("fdatasync", path, None, error))?;
+    Ok((file, created_ms))
+}
+
 struct ScanOutcome {
     next_offset: u64,
     end_position: u64,
@@ -329,12 +364,32 @@ pub(crate) async fn recover<S: Storage>(
         let header = format::decode_segment_header(&header_bytes);
         opened.push((base_offset, path, file, file_bytes, header));
     }
-    while let Some((base_offset, _, _, _, Err(_))) = opened.last()
-        && *base_offset >= durable_offset
-    {
-        let (_, path, file, _, header) = opened.pop().expect("checked above");
-        let fault = header.err().map_or(String::new(), |fault| fault.describe());
-        warn!(segment = %path.display(), fault = %fault, "unstarted segment removed");
+    while let Some((base_offset, path, file, _, header)) = opened.last() {
+        if *base_offset < durable_offset {
+            break;
+        }
+        let reason = match header {
+            Err(fault) => fault.describe(),
+            Ok(header) if header.seal.is_none() && opened.len() >= 2 => {
+                // A roll starts the new segment before it seals the old one. An empty started
+                // segment after an unsealed one is such an interrupted roll; the unsealed one is
+                // the real end of the log.
+                let previous_unsealed =
+                    matches!(&opened[opened.len() - 2].4, Ok(previous) if previous.seal.is_none());
+                let first_record = file
+                    .read_at(SEGMENT_HEADER_BLOCK_BYTES, format::RECORD_HEADER_BYTES)
+                    .await
+                    .map_err(|error| StoreError::io("read", path, Some(0), error))?;
+                let empty = first_record.iter().all(|&byte| byte == 0);
+                if !(previous_unsealed && empty) {
+                    break;
+                }
+                "empty segment of an interrupted roll".to_string()
+            }
+            Ok(_) => break,
+        };
+        let (_, path, file, _, _) = opened.pop().expect("checked above");
+        warn!(segment = %path.display(), reason = %reason, "unstarted segment removed");
         drop(file);
         storage
             .remove_file(&path)
@@ -627,28 +682,8 @@ async fn new_segment<S: Storage>(
     options: &Options,
 ) -> Result<(Segment<S::File>, Tail), StoreError> {
     let path = dir.join(format::segment_file_name(base_offset));
-    let file = create_segment_file(storage, &path, options).await?;
-    let created_ms = now_ms();
-    let header = SegmentHeader {
-        epoch,
-        base_offset,
-        created_ms,
-        seal: None,
-    };
-    let mut block = storage.alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
-    block.fill(0);
-    format::encode_segment_header(&header, &mut block);
-    let written = file
-        .write_at(block, 0)
-        .await
-        .map_err(|error| StoreError::io("write", &path, Some(0), error))?;
-    if written as u64 != SEGMENT_HEADER_BLOCK_BYTES {
-        let error = io::Error::other(format!("short header write of {written}"));
-        return Err(StoreError::io("write", &path, Some(0), error));
-    }
-    file.fdatasync()
-        .await
-        .map_err(|error| StoreError::io("fdatasync", &path, None, error))?;
+    let (file, created_ms) =
+        create_started_segment(storage, &path, options, epoch, base_offset).await?;
     storage
         .sync_dir(dir)
         .await
@@ -765,6 +800,23 @@ mod tests {
         let report = open(&storage).unwrap();
         assert_eq!(report.removed_files, vec![path]);
         assert!(!bases(&storage).contains(&60));
+        assert_eq!(report.next_offset, 60);
+    }
+
+    #[test]
+    fn an_empty_started_segment_after_an_unsealed_one_is_an_interrupted_roll_and_is_removed() {
+        let storage = build();
+        let path = segment(60);
+        let (session, created) = (storage.session(), path.clone());
+        run(async move {
+            let (file, _) = create_started_segment(&session, &created, &options(), 9, 60)
+                .await
+                .unwrap();
+            drop(file);
+            session.sync_dir(Path::new(DIR)).await.unwrap();
+        });
+        let report = open(&storage).unwrap();
+        assert_eq!(report.removed_files, vec![path]);
         assert_eq!(report.next_offset, 60);
     }
 

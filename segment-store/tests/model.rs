@@ -40,6 +40,9 @@ struct Model {
     records: BTreeMap<u64, Vec<u8>>,
     /// Every offset below this was confirmed `Fsynced`.
     confirmed_durable: u64,
+    /// Offsets the caller marked dead; their segments may be deleted.
+    dead: std::collections::BTreeSet<u64>,
+    segments_deleted_count: u64,
     confirmed_count: u64,
     crashes_count: u64,
     faults_count: u64,
@@ -123,8 +126,20 @@ async fn verify(log: &Log<SimStorage>, model: &mut Model) -> Result<(), String> 
         .read(0, limits, Watermark::Durable)
         .await
         .map_err(|e| e.to_string())?;
-    if records.len() as u64 != next {
-        return Err(format!("read {} records, log says {next}", records.len()));
+    let mut present = std::collections::BTreeSet::new();
+    for record in &records {
+        if record.offset >= next || !present.insert(record.offset) {
+            return Err(format!(
+                "offset {} read twice or beyond {next}",
+                record.offset
+            ));
+        }
+    }
+    // Deleted segments leave gaps; every other offset below the end must be there.
+    for offset in 0..next {
+        if !present.contains(&offset) && !model.dead.contains(&offset) {
+            return Err(format!("live offset {offset} missing below {next}"));
+        }
     }
     for record in &records {
         match model.records.get(&record.offset) {
@@ -135,6 +150,13 @@ async fn verify(log: &Log<SimStorage>, model: &mut Model) -> Result<(), String> 
     }
     // Lost unconfirmed records leave the model; their offsets will be reused.
     model.records.retain(|&offset, _| offset < next);
+    model.dead.retain(|&offset| offset < next);
+    // Live counts are in memory only: re-mark the dead, as the broker does during its replay.
+    for &offset in &model.dead {
+        log.mark_dead(offset)
+            .await
+            .map_err(|error| format!("re-mark failed: {error}"))?;
+    }
     model.confirmed_durable = model.confirmed_durable.min(next);
     Ok(())
 }
@@ -213,7 +235,7 @@ async fn run_model(seed: u64, negative_control: bool) -> Result<Model, String> {
                         }
                     }
                 }
-                80..=87 => {
+                80..=85 => {
                     let from = rng.below(log.next_offset() + 1);
                     let limits = ReadLimits {
                         records_max: 1 + rng.below(20) as usize,
@@ -229,6 +251,23 @@ async fn run_model(seed: u64, negative_control: bool) -> Result<Model, String> {
                                 "live read of {} differs from the model",
                                 record.offset
                             ));
+                        }
+                    }
+                }
+                86..=87 => {
+                    // Kill every record of one sealed segment so that it gets deleted.
+                    let sealed = log.sealed_segments();
+                    if !sealed.is_empty() {
+                        let (base, _) = sealed[rng.below(sealed.len() as u64) as usize];
+                        let mut offset = base;
+                        while log.live_count(base).is_some() && offset < log.written_offset() {
+                            match log.mark_dead(offset).await {
+                                Ok(deleted) => model.segments_deleted_count += u64::from(deleted),
+                                Err(error) if error.is_poisoned() => break,
+                                Err(error) => return Err(format!("mark_dead failed: {error}")),
+                            }
+                            model.dead.insert(offset);
+                            offset += 1;
                         }
                     }
                 }
@@ -319,6 +358,7 @@ fn confirmed_records_survive_random_crashes_and_nothing_is_invented() {
         let mut confirmed = 0u64;
         let mut crashes = 0u64;
         let mut faults = 0u64;
+        let mut deleted = 0u64;
         for run_index in 0..RUNS_COUNT {
             let seed = base.wrapping_add(run_index);
             match run_model(seed, false).await {
@@ -326,13 +366,16 @@ fn confirmed_records_survive_random_crashes_and_nothing_is_invented() {
                     confirmed += model.confirmed_count;
                     crashes += model.crashes_count;
                     faults += model.faults_count;
+                    deleted += model.segments_deleted_count;
                 }
                 Err(failure) => panic!("model run failed with SEED={seed}: {failure}"),
             }
         }
         println!(
-            "model: runs={RUNS_COUNT} crashes={crashes} faults={faults} confirmed={confirmed}"
+            "model: runs={RUNS_COUNT} crashes={crashes} faults={faults} confirmed={confirmed} \
+             segments_deleted={deleted}"
         );
+        assert!(deleted > 0, "no segment deletion exercised");
         assert!(
             crashes >= RUNS_COUNT * 3,
             "too few crashes exercised: {crashes}"
