@@ -362,9 +362,13 @@ fn power_loss_cycles(negative: bool, cycles: usize) -> Option<(usize, u64)> {
 /// Catches what `kill -9` cannot: confirmed data or metadata (segment files, directory entries,
 /// sizes) that only reached the page cache or the journal in memory. Cannot catch a lost
 /// overwrite of preallocated blocks (trap S8). Skips with a note where loop devices are missing.
+/// Cycles from `RUUSTER_POWER_CYCLES` (default 3).
 #[test]
 fn power_loss_on_an_ext4_loop_device_loses_no_confirmed_record() {
-    let cycles = 3;
+    let cycles = std::env::var("RUUSTER_POWER_CYCLES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3);
     if let Some((confirmed, lost)) = power_loss_cycles(false, cycles) {
         println!("power-loss: cycles={cycles} confirmed={confirmed} lost={lost}");
         assert_eq!(lost, 0);
