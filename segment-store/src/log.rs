@@ -38,8 +38,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::StoreError;
 use crate::format::{
-    self, BLOCK_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, RECORD_HEADER_BYTES, RecordHeader,
-    SEGMENT_HEADER_BLOCK_BYTES, Seal, SegmentHeader, align_down, align_up, frame_bytes,
+    self, BLOCK_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, RecordHeader, SEGMENT_HEADER_BLOCK_BYTES,
+    Seal, SegmentHeader, align_down, align_up, frame_bytes,
 };
 use crate::index_file::{self, IndexOwner};
 use crate::io::{Storage, StorageFile, uring::UringStorage};
@@ -1833,9 +1833,4 @@ fn locate<S: Storage>(state: &State<S>, offset: u64) -> Option<ReadPlan> {
         segment_end_offset: segment.end_offset(),
         data_end_position,
     })
-}
-
-/// Bytes a record of this payload adds to a segment.
-pub fn record_bytes(payload_bytes: usize) -> u64 {
-    (RECORD_HEADER_BYTES + payload_bytes) as u64
 }
