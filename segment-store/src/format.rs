@@ -521,6 +521,35 @@ mod tests {
         assert_eq!(parse_segment_file_name("00000000000000012345.idx"), None);
     }
 
+    proptest::proptest! {
+        /// Any payload, offset, flags and timestamp survive encoding, and a frame cut anywhere
+        /// never decodes.
+        #[test]
+        fn any_record_round_trips_and_no_prefix_decodes(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            offset in 0u64..u64::MAX,
+            flags in proptest::num::u32::ANY,
+            timestamp_ms in proptest::num::u64::ANY,
+            cut in 0usize..632,
+        ) {
+            let header = RecordHeader {
+                payload_bytes: payload.len() as u32,
+                offset,
+                epoch: 9,
+                flags,
+                timestamp_ms,
+            };
+            let mut bytes = Vec::new();
+            encode_record(&header, &payload, &mut bytes);
+            let expect = Expect { offset, epoch: 9, max_payload_bytes: 1024 };
+            proptest::prop_assert_eq!(decode_record(&bytes, &expect), Ok(header));
+            proptest::prop_assert_eq!(&bytes[RECORD_HEADER_BYTES..], &payload[..]);
+            if cut < bytes.len() {
+                proptest::prop_assert!(decode_record(&bytes[..cut], &expect).is_err());
+            }
+        }
+    }
+
     #[test]
     fn alignment_helpers_round_to_blocks() {
         assert_eq!(align_down(4095), 0);

@@ -5,6 +5,7 @@
 //! Module map:
 //! - [`format`]: the byte layouts (segment header, record frame, checkpoint), pure.
 //! - [`segment`]: sparse offset and time indexes, live sets, the record scanner, pure.
+//! - [`index_file`]: the persisted index of a sealed segment, pure.
 //! - [`log`]: the [`Log`]: appends, group commit, watermarks, reads, reclaim, poisoning.
 //! - `recovery`: opening a log (rules in that module).
 //! - [`io`]: the I/O seam; [`io::uring`] is glommio's `DmaFile`, [`io::sim`] a simulated disk
@@ -34,6 +35,7 @@
 
 pub mod error;
 pub mod format;
+pub mod index_file;
 pub mod io;
 pub mod log;
 mod mapped;

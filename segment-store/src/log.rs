@@ -38,9 +38,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::StoreError;
 use crate::format::{
-    self, BLOCK_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, RECORD_HEADER_BYTES, RecordHeader,
-    SEGMENT_HEADER_BLOCK_BYTES, Seal, SegmentHeader, align_down, align_up, frame_bytes,
+    self, BLOCK_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, RecordHeader, SEGMENT_HEADER_BLOCK_BYTES,
+    Seal, SegmentHeader, align_down, align_up, frame_bytes,
 };
+use crate::index_file::{self, IndexOwner};
 use crate::io::{Storage, StorageFile, uring::UringStorage};
 use crate::mapped;
 use crate::runtime;
@@ -109,6 +110,10 @@ pub struct Options {
     /// Period of the background task that writes `Memory`-level appends nobody waits for and, under
     /// `Interval`, syncs. `None` runs no background task.
     pub background_period: Option<Duration>,
+    /// Scan and CRC-check every sealed segment on open (slow for large logs, catches damage
+    /// before the first read). With `false`, a sealed segment with a valid index file is trusted
+    /// and damage shows at read time as `Corrupt`.
+    pub verify_sealed_on_open: bool,
     /// NEGATIVE CONTROL FOR TESTS ONLY: report every append at the requested level as soon as it is
     /// in the tail buffer. Crash checkers must detect the resulting loss.
     #[doc(hidden)]
@@ -126,6 +131,7 @@ impl Default for Options {
             checkpoint_every_bytes: 8 * 1024 * 1024,
             epoch_floor: 1,
             background_period: Some(Duration::from_millis(5)),
+            verify_sealed_on_open: true,
             confirm_before_durable_for_tests: false,
         }
     }
@@ -218,6 +224,8 @@ pub struct RecoveryReport {
     pub truncated_at: Option<(PathBuf, u64, u64)>,
     /// Segment files created but never started, removed by recovery.
     pub removed_files: Vec<PathBuf>,
+    /// Index files of sealed segments found missing, short, stale or ahead, and rewritten.
+    pub indexes_rebuilt_count: u64,
     pub elapsed: Duration,
 }
 
@@ -374,6 +382,13 @@ struct State<S: Storage> {
     epoch_current: u32,
     poisoned: Option<String>,
     rolling: bool,
+    roll_sequence: u64,
+    /// The roll that failed for lack of space, so that its waiters can report it.
+    roll_no_space: Option<(u64, PathBuf, u64)>,
+    /// Largest offset end that a waiter wants fsynced; completions keep syncing up to it.
+    fsync_wanted_offset: u64,
+    /// A writer task is spawned and has not yet picked its range.
+    writer_scheduled: bool,
     sync_in_flight: bool,
     write_id_next: u64,
     checkpoint: CheckpointState<S::File>,
@@ -385,7 +400,13 @@ struct Shared<S: Storage> {
     dir: PathBuf,
     options: Options,
     state: RefCell<State<S>>,
+    /// Rolls, poisoning and other rare changes.
     changed: Notify,
+    /// The written watermark moved (or a writer gave up).
+    written_changed: Notify,
+    /// The durable watermark moved. Separate from the others so that a group of appenders
+    /// waiting for a sync is woken once per sync, not once per write as well.
+    durable_changed: Notify,
 }
 
 /// An append-only journal of opaque records in one directory. Not `Send`: it lives on one
@@ -417,11 +438,12 @@ struct SyncTarget {
     offset: u64,
 }
 
-enum Step<F> {
+enum Step {
     Done(Level),
-    Write(WriteJob<F>),
-    Sync(Rc<F>, SyncTarget),
-    Wait(u64),
+    SpawnWriter,
+    SpawnSync,
+    WaitWritten(u64),
+    WaitDurable(u64),
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -472,6 +494,10 @@ impl<S: Storage> Log<S> {
             epoch_current: recovered.epoch_current,
             poisoned: None,
             rolling: false,
+            roll_sequence: 0,
+            roll_no_space: None,
+            fsync_wanted_offset: 0,
+            writer_scheduled: false,
             sync_in_flight: false,
             write_id_next: 0,
             checkpoint: CheckpointState {
@@ -492,6 +518,8 @@ impl<S: Storage> Log<S> {
             options: options.clone(),
             state: RefCell::new(state),
             changed: Notify::default(),
+            written_changed: Notify::default(),
+            durable_changed: Notify::default(),
         });
         let log = Log { shared };
         log.shared.write_checkpoint().await?;
@@ -584,8 +612,12 @@ impl<S: Storage> Log<S> {
 
     /// Waits until `offset` lies below the chosen watermark. It does not drive writes itself.
     pub async fn wait_for(&self, offset: u64, watermark: Watermark) -> Result<(), StoreError> {
+        let notify = match watermark {
+            Watermark::Written => &self.shared.written_changed,
+            Watermark::Durable => &self.shared.durable_changed,
+        };
         loop {
-            let seen = self.shared.changed.generation();
+            let seen = notify.generation();
             {
                 let state = self.shared.state.borrow();
                 if let Some(cause) = &state.poisoned {
@@ -601,7 +633,7 @@ impl<S: Storage> Log<S> {
                     return Ok(());
                 }
             }
-            self.shared.changed.changed_since(seen).await;
+            notify.changed_since(seen).await;
         }
     }
 
@@ -865,7 +897,13 @@ impl<S: Storage> Shared<S> {
             state.poisoned = Some(cause);
         }
         drop(state);
+        self.notify_all();
+    }
+
+    fn notify_all(&self) {
         self.changed.notify();
+        self.written_changed.notify();
+        self.durable_changed.notify();
     }
 
     fn check_poisoned(&self) -> Result<(), StoreError> {
@@ -877,7 +915,7 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    async fn append(&self, records: &[Record<'_>]) -> Result<Appended, StoreError> {
+    async fn append(self: &Rc<Self>, records: &[Record<'_>]) -> Result<Appended, StoreError> {
         if records.is_empty() {
             return Err(StoreError::EmptyBatch);
         }
@@ -930,7 +968,7 @@ impl<S: Storage> Shared<S> {
                 continue;
             }
             if !fits {
-                self.roll().await?;
+                self.roll_and_wait().await?;
                 continue;
             }
             return Ok(self.reserve(records));
@@ -975,7 +1013,7 @@ impl<S: Storage> Shared<S> {
     /// Moves the pipeline until `end_offset` reaches `level` (or what the policy gives).
     /// `force_sync` syncs even under `Os` and `Interval`.
     async fn drive(
-        &self,
+        self: &Rc<Self>,
         end_offset: u64,
         level: Level,
         force_sync: bool,
@@ -988,9 +1026,21 @@ impl<S: Storage> Shared<S> {
             let step = self.next_step(end_offset, level, force_sync)?;
             match step {
                 Step::Done(reached) => return Ok(reached),
-                Step::Write(job) => self.run_write(job).await,
-                Step::Sync(file, target) => self.run_sync(file, target).await,
-                Step::Wait(seen) => self.changed.changed_since(seen).await,
+                // I/O runs in its own task: a waiter that is dropped mid-way (a closed connection)
+                // must not leave a write or sync that nobody completes.
+                // The task decides what to write (or up to where to sync) only when it runs,
+                // after the tasks woken with this one have appended: that batches a burst of
+                // appenders into one write and one sync.
+                Step::SpawnWriter => {
+                    let shared = self.clone();
+                    runtime::spawn_detached(async move { shared.writer_task().await });
+                }
+                Step::SpawnSync => {
+                    let shared = self.clone();
+                    runtime::spawn_detached(async move { shared.sync_task().await });
+                }
+                Step::WaitWritten(seen) => self.written_changed.changed_since(seen).await,
+                Step::WaitDurable(seen) => self.durable_changed.changed_since(seen).await,
             }
         }
     }
@@ -1000,8 +1050,9 @@ impl<S: Storage> Shared<S> {
         end_offset: u64,
         level: Level,
         force_sync: bool,
-    ) -> Result<Step<S::File>, StoreError> {
-        let seen = self.changed.generation();
+    ) -> Result<Step, StoreError> {
+        let written_seen = self.written_changed.generation();
+        let durable_seen = self.durable_changed.generation();
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         if let Some(cause) = &state.poisoned {
@@ -1015,30 +1066,81 @@ impl<S: Storage> Shared<S> {
         if state.durable_offset >= end_offset {
             return Ok(Step::Done(level));
         }
+        let wants_sync = level == Level::Fsynced
+            && (force_sync || self.options.sync_policy == SyncPolicy::Always);
+        if wants_sync {
+            // Completions start the next write and sync for this offset from now on, so this
+            // waiter needs to wake only when the durable watermark moves.
+            state.fsync_wanted_offset = state.fsync_wanted_offset.max(end_offset);
+        }
         if state.written_offset < end_offset {
-            return Ok(match self.try_submit_write(state) {
-                Some(job) => Step::Write(job),
-                None => Step::Wait(seen),
-            });
+            if state.writer_scheduled || !self.write_possible(state) {
+                return Ok(if wants_sync {
+                    Step::WaitDurable(durable_seen)
+                } else {
+                    Step::WaitWritten(written_seen)
+                });
+            }
+            state.writer_scheduled = true;
+            return Ok(Step::SpawnWriter);
         }
         if level == Level::Written {
             return Ok(Step::Done(Level::Written));
         }
         match self.options.sync_policy {
             SyncPolicy::Os if !force_sync => return Ok(Step::Done(Level::Written)),
-            SyncPolicy::Interval(_) if !force_sync => return Ok(Step::Wait(seen)),
+            SyncPolicy::Interval(_) if !force_sync => return Ok(Step::WaitDurable(durable_seen)),
             _ => {}
         }
         if state.sync_in_flight {
-            return Ok(Step::Wait(seen));
+            return Ok(Step::WaitDurable(durable_seen));
         }
         state.sync_in_flight = true;
-        let target = SyncTarget {
-            segment_base_offset: state.active.base_offset,
-            position: state.tail.written_boundary_position,
-            offset: state.written_offset,
+        Ok(Step::SpawnSync)
+    }
+
+    /// True when unsubmitted tail bytes exist and no write in flight covers their first block.
+    fn write_possible(&self, state: &State<S>) -> bool {
+        let tail = &state.tail;
+        if tail.submitted_position >= tail.end_position() {
+            return false;
+        }
+        let block_start = align_down(tail.submitted_position);
+        !tail
+            .in_flight
+            .iter()
+            .any(|write| !write.done && write.block_end > block_start)
+    }
+
+    async fn writer_task(self: Rc<Self>) {
+        // Go to the back of the run queue once, behind the appenders woken with the spawner.
+        futures_lite::future::yield_now().await;
+        let job = {
+            let mut state = self.state.borrow_mut();
+            state.writer_scheduled = false;
+            if state.poisoned.is_some() {
+                None
+            } else {
+                self.try_submit_write(&mut state)
+            }
         };
-        Ok(Step::Sync(state.active.file.clone(), target))
+        match job {
+            Some(job) => self.run_write(job).await,
+            None => self.notify_all(),
+        }
+    }
+
+    async fn sync_task(self: Rc<Self>) {
+        let (file, target) = {
+            let state = self.state.borrow();
+            let target = SyncTarget {
+                segment_base_offset: state.active.base_offset,
+                position: state.tail.written_boundary_position,
+                offset: state.written_offset,
+            };
+            (state.active.file.clone(), target)
+        };
+        self.run_sync(file, target).await
     }
 
     /// Starts a write of the unsubmitted tail if no write in flight covers its first block.
@@ -1086,10 +1188,11 @@ impl<S: Storage> Shared<S> {
         let from = (position - state.tail.position) as usize;
         let to = (write.data_end - state.tail.position) as usize;
         buffer[..to - from].copy_from_slice(&state.tail.bytes[from..to]);
+        buffer[to - from..].fill(0);
         Some(buffer)
     }
 
-    async fn run_write(&self, job: WriteJob<S::File>) {
+    async fn run_write(self: &Rc<Self>, job: WriteJob<S::File>) {
         let mut position = job.position;
         let block_end = {
             let state = self.state.borrow();
@@ -1129,7 +1232,7 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    fn complete_write(&self, job: &WriteJob<S::File>, bytes: u64) {
+    fn complete_write(self: &Rc<Self>, job: &WriteJob<S::File>, bytes: u64) {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         state.stats.writes_count += 1;
@@ -1162,13 +1265,45 @@ impl<S: Storage> Shared<S> {
             tail.bytes.drain(..(keep_from - tail.position) as usize);
             tail.position = keep_from;
         }
+        let follow_up = self.follow_up(state);
         drop(guard);
-        self.changed.notify();
+        self.written_changed.notify();
+        self.spawn_follow_up(follow_up);
     }
 
-    async fn run_sync(&self, file: Rc<S::File>, target: SyncTarget) {
+    /// After a write or sync completes: start the next write if tail bytes wait for one, and the
+    /// next sync if someone wants a sync beyond the durable watermark and it is written.
+    fn follow_up(&self, state: &mut State<S>) -> (bool, bool) {
+        if state.poisoned.is_some() {
+            return (false, false);
+        }
+        let write = !state.writer_scheduled && self.write_possible(state);
+        if write {
+            state.writer_scheduled = true;
+        }
+        let sync = !state.sync_in_flight
+            && state.fsync_wanted_offset > state.durable_offset
+            && state.written_offset > state.durable_offset;
+        if sync {
+            state.sync_in_flight = true;
+        }
+        (write, sync)
+    }
+
+    fn spawn_follow_up(self: &Rc<Self>, (write, sync): (bool, bool)) {
+        if write {
+            let shared = self.clone();
+            runtime::spawn_detached(async move { shared.writer_task().await });
+        }
+        if sync {
+            let shared = self.clone();
+            runtime::spawn_detached(async move { shared.sync_task().await });
+        }
+    }
+
+    async fn run_sync(self: &Rc<Self>, file: Rc<S::File>, target: SyncTarget) {
         let result = file.fdatasync().await;
-        let checkpoint_due = {
+        let (checkpoint_due, follow_up) = {
             let mut guard = self.state.borrow_mut();
             let state = &mut *guard;
             state.sync_in_flight = false;
@@ -1183,7 +1318,7 @@ impl<S: Storage> Shared<S> {
                 return;
             }
             if state.poisoned.is_some() {
-                false
+                (false, (false, false))
             } else {
                 state.stats.syncs_count += 1;
                 if target.offset > state.durable_offset {
@@ -1194,12 +1329,14 @@ impl<S: Storage> Shared<S> {
                     state.tail.durable_position = state.tail.durable_position.max(target.position);
                 }
                 let checkpoint = &state.checkpoint;
-                checkpoint.segment_base_offset != state.active.base_offset
+                let due = checkpoint.segment_base_offset != state.active.base_offset
                     || state.tail.durable_position
-                        >= checkpoint.durable_position + self.options.checkpoint_every_bytes
+                        >= checkpoint.durable_position + self.options.checkpoint_every_bytes;
+                (due, self.follow_up(state))
             }
         };
-        self.changed.notify();
+        self.durable_changed.notify();
+        self.spawn_follow_up(follow_up);
         if checkpoint_due {
             // A failure poisons the log; the waiters of this sync were already answered.
             let _ = self.write_checkpoint().await;
@@ -1227,6 +1364,7 @@ impl<S: Storage> Shared<S> {
                 position: state.tail.durable_position,
             };
             let mut buffer = self.storage.alloc_buffer(CHECKPOINT_SLOT_BYTES as usize);
+            buffer.fill(0);
             format::encode_checkpoint(&checkpoint, &mut buffer);
             let slot_position = (checkpoint.sequence % 2) * CHECKPOINT_SLOT_BYTES;
             (
@@ -1267,28 +1405,83 @@ impl<S: Storage> Shared<S> {
     /// created and preallocated first, so that a full disk fails cleanly with the old segment
     /// still active; then the old segment is written, synced and sealed, the directory synced,
     /// and the checkpoint moved.
-    async fn roll(&self) -> Result<(), StoreError> {
-        {
+    async fn roll_and_wait(self: &Rc<Self>) -> Result<(), StoreError> {
+        let (sequence, start) = {
             let mut state = self.state.borrow_mut();
-            if state.rolling {
-                return Ok(());
+            let start = !state.rolling;
+            if start {
+                state.rolling = true;
+                state.roll_sequence += 1;
             }
-            state.rolling = true;
+            (state.roll_sequence, start)
+        };
+        if start {
+            // The roll runs in its own task so that a dropped appender cannot leave the log
+            // rolling forever. glommio may run a spawned task at once: no borrow is held here.
+            let shared = self.clone();
+            runtime::spawn_detached(async move { shared.roll_task(sequence).await });
         }
-        let result = self.roll_inner().await;
-        self.state.borrow_mut().rolling = false;
-        self.changed.notify();
-        result
+        loop {
+            let seen = self.changed.generation();
+            {
+                let state = self.state.borrow();
+                if let Some(cause) = &state.poisoned {
+                    return Err(StoreError::Poisoned {
+                        cause: cause.clone(),
+                    });
+                }
+                if !state.rolling || state.roll_sequence != sequence {
+                    return match &state.roll_no_space {
+                        Some((failed, path, requested_bytes)) if *failed == sequence => {
+                            Err(StoreError::NoSpace {
+                                path: path.clone(),
+                                requested_bytes: *requested_bytes,
+                            })
+                        }
+                        _ => Ok(()),
+                    };
+                }
+            }
+            self.changed.changed_since(seen).await;
+        }
     }
 
-    async fn roll_inner(&self) -> Result<(), StoreError> {
+    async fn roll_task(self: Rc<Self>, sequence: u64) {
+        let result = self.roll_inner().await;
+        {
+            let mut state = self.state.borrow_mut();
+            state.rolling = false;
+            match result {
+                Ok(()) => {}
+                Err(StoreError::NoSpace {
+                    path,
+                    requested_bytes,
+                }) => {
+                    state.roll_no_space = Some((sequence, path, requested_bytes));
+                }
+                Err(error) => {
+                    drop(state);
+                    self.poison(error.to_string());
+                }
+            }
+        }
+        self.notify_all();
+    }
+
+    async fn roll_inner(self: &Rc<Self>) -> Result<(), StoreError> {
         let (base_offset, epoch) = {
             let state = self.state.borrow();
             (state.next_offset, state.epoch_current)
         };
         let path = self.dir.join(format::segment_file_name(base_offset));
-        let file =
-            crate::recovery::create_segment_file(&self.storage, &path, &self.options).await?;
+        let (file, created_ms) = crate::recovery::create_started_segment(
+            &self.storage,
+            &path,
+            &self.options,
+            epoch,
+            base_offset,
+        )
+        .await?;
 
         self.drive(base_offset, Level::Fsynced, true).await?;
         let (old_file, old_path, seal_header) = {
@@ -1309,6 +1502,7 @@ impl<S: Storage> Shared<S> {
         let mut block = self
             .storage
             .alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
+        block.fill(0);
         format::encode_segment_header(&seal_header, &mut block);
         let sealed = match old_file.write_at(block, 0).await {
             Ok(written) if written as u64 == SEGMENT_HEADER_BLOCK_BYTES => {
@@ -1322,34 +1516,29 @@ impl<S: Storage> Shared<S> {
             self.poison(error.to_string());
             return Err(error);
         }
+        let owner = IndexOwner {
+            epoch: seal_header.epoch,
+            base_offset: seal_header.base_offset,
+            seal: seal_header.seal.expect("built sealed above"),
+        };
+        let index = self.state.borrow().active.index.clone();
+        if let Err(error) =
+            crate::recovery::write_index(&self.storage, &self.dir, &owner, &index).await
+        {
+            // Derived data: the next open rebuilds it.
+            warn!(segment = %old_path.display(), error = %error, "index file not written");
+        }
         if let Err(error) = self.storage.sync_dir(&self.dir).await {
             let error = StoreError::io("directory fsync", &self.dir, None, error);
             self.poison(error.to_string());
             return Err(error);
         }
 
-        let created_ms = now_ms();
         let emptied = {
             let mut state = self.state.borrow_mut();
             let state = &mut *state;
-            let mut header_block = vec![0u8; SEGMENT_HEADER_BLOCK_BYTES as usize];
-            let header = SegmentHeader {
-                epoch,
-                base_offset,
-                created_ms,
-                seal: None,
-            };
-            format::encode_segment_header(&header, &mut header_block);
-            let new_tail = Tail {
-                bytes: header_block,
-                position: 0,
-                submitted_position: 0,
-                written_position: 0,
-                in_flight: VecDeque::new(),
-                batch_ends: VecDeque::new(),
-                written_boundary_position: 0,
-                durable_position: 0,
-            };
+            // The header block is on disk already; records start after it.
+            let new_tail = Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, Vec::new());
             let old_tail = std::mem::replace(&mut state.tail, new_tail);
             let new_active = Segment {
                 base_offset,
@@ -1393,10 +1582,13 @@ impl<S: Storage> Shared<S> {
         };
         let path = segment.path.clone();
         drop(segment);
-        match self.storage.remove_file(&path).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(StoreError::io("remove segment", &path, None, error)),
+        let index_path = self.dir.join(index_file::index_file_name(base_offset));
+        for path in [&path, &index_path] {
+            match self.storage.remove_file(path).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(StoreError::io("remove segment", path, None, error)),
+            }
         }
         self.storage
             .sync_dir(&self.dir)
@@ -1641,9 +1833,4 @@ fn locate<S: Storage>(state: &State<S>, offset: u64) -> Option<ReadPlan> {
         segment_end_offset: segment.end_offset(),
         data_end_position,
     })
-}
-
-/// Bytes a record of this payload adds to a segment.
-pub fn record_bytes(payload_bytes: usize) -> u64 {
-    (RECORD_HEADER_BYTES + payload_bytes) as u64
 }

@@ -25,6 +25,7 @@ use crate::format::{
     self, BLOCK_BYTES, CHECKPOINT_FILE_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, Fault,
     SEGMENT_HEADER_BLOCK_BYTES, SegmentHeader, align_down,
 };
+use crate::index_file::{self, IndexOwner};
 use crate::io::{Storage, StorageFile};
 use crate::log::{Options, Recovered, RecoveryReport, Segment, Tail, now_ms};
 use crate::mapped;
@@ -61,6 +62,41 @@ pub(crate) async fn create_segment_file<S: Storage>(
         return Err(StoreError::io("preallocate", path, None, error));
     }
     Ok(file)
+}
+
+/// Creates, preallocates and starts a segment: its header is written and synced before any record
+/// goes in. A started segment keeps the log's next offset across a crash even when every segment
+/// before it was deleted (all records dead), so offsets are never handed out twice.
+pub(crate) async fn create_started_segment<S: Storage>(
+    storage: &S,
+    path: &Path,
+    options: &Options,
+    epoch: u32,
+    base_offset: u64,
+) -> Result<(S::File, u64), StoreError> {
+    let file = create_segment_file(storage, path, options).await?;
+    let created_ms = now_ms();
+    let header = SegmentHeader {
+        epoch,
+        base_offset,
+        created_ms,
+        seal: None,
+    };
+    let mut block = storage.alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
+    block.fill(0);
+    format::encode_segment_header(&header, &mut block);
+    let written = file
+        .write_at(block, 0)
+        .await
+        .map_err(|error| StoreError::io("write", path, Some(0), error))?;
+    if written as u64 != SEGMENT_HEADER_BLOCK_BYTES {
+        let error = io::Error::other(format!("short header write of {written}"));
+        return Err(StoreError::io("write", path, Some(0), error));
+    }
+    file.fdatasync()
+        .await
+        .map_err(|error| StoreError::io("fdatasync", path, None, error))?;
+    Ok((file, created_ms))
 }
 
 struct ScanOutcome {
@@ -184,11 +220,73 @@ async fn open_checkpoint<S: Storage>(
             }
             Err(Fault::Zero) => {}
             Err(fault) => {
-                warn!(path = %path.display(), slot, fault = %fault.describe(), "checkpoint slot unreadable");
+                let fault = fault.describe();
+                warn!(path = %path.display(), slot, fault = %fault, "checkpoint slot unreadable");
             }
         }
     }
     Ok((file, path, best))
+}
+
+/// Reads and checks the index file of a sealed segment; the error says why it cannot be used.
+async fn load_index<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    owner: &IndexOwner,
+) -> Result<crate::segment::SegmentIndex, String> {
+    let path = dir.join(index_file::index_file_name(owner.base_offset));
+    let file = storage
+        .open_file(&path)
+        .await
+        .map_err(|error| format!("missing: {error}"))?;
+    let size = file.size().await.map_err(|error| error.to_string())?;
+    let limit = (index_file::INDEX_HEADER_BYTES
+        + 2 * 16 * index_file::INDEX_ENTRIES_MAX
+        + BLOCK_BYTES as usize) as u64;
+    if size > limit {
+        return Err(format!("file of {size} bytes exceeds {limit}"));
+    }
+    let bytes = file
+        .read_at(0, size as usize)
+        .await
+        .map_err(|error| error.to_string())?;
+    index_file::decode_index(&bytes, owner).map_err(|fault| format!("{fault:?}"))
+}
+
+/// Writes the index file of a sealed segment (block-padded, fdatasync'ed). Index files are
+/// derived data: no directory sync, a lost one is rebuilt on the next open.
+pub(crate) async fn write_index<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    owner: &IndexOwner,
+    index: &crate::segment::SegmentIndex,
+) -> Result<(), StoreError> {
+    let path = dir.join(index_file::index_file_name(owner.base_offset));
+    match storage.remove_file(&path).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(StoreError::io("remove index", &path, None, error)),
+    }
+    let encoded = index_file::encode_index(owner, index);
+    let padded = format::align_up(encoded.len() as u64) as usize;
+    let mut buffer = storage.alloc_buffer(padded);
+    buffer[..encoded.len()].copy_from_slice(&encoded);
+    buffer[encoded.len()..].fill(0);
+    let file = storage
+        .create_file(&path)
+        .await
+        .map_err(|error| StoreError::io("create index", &path, None, error))?;
+    let written = file
+        .write_at(buffer, 0)
+        .await
+        .map_err(|error| StoreError::io("write index", &path, Some(0), error))?;
+    if written != padded {
+        let error = io::Error::other(format!("short index write of {written}"));
+        return Err(StoreError::io("write index", &path, Some(0), error));
+    }
+    file.fdatasync()
+        .await
+        .map_err(|error| StoreError::io("fdatasync", &path, None, error))
 }
 
 /// Runs recovery on `dir` and returns the state a log starts from.
@@ -225,13 +323,31 @@ pub(crate) async fn recover<S: Storage>(
         .filter_map(|name| format::parse_segment_file_name(name))
         .collect();
     bases.sort_unstable();
+    for name in &names {
+        let orphan = name
+            .strip_suffix(".idx")
+            .and_then(|digits| format::parse_segment_file_name(&format!("{digits}.seg")))
+            .is_some_and(|base| bases.binary_search(&base).is_err());
+        if orphan {
+            // The index of a segment whose deletion finished before the index's did.
+            let path = dir.join(name);
+            match storage.remove_file(&path).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(StoreError::io("remove index", &path, None, error)),
+            }
+        }
+    }
 
     let mut epoch_max = checkpoint.map_or(0, |checkpoint| checkpoint.epoch_max);
     let mut sealed: BTreeMap<u64, Segment<S::File>> = BTreeMap::new();
     let mut active: Option<(Segment<S::File>, Tail)> = None;
     let mut next_offset = 0u64;
-    for (position_in_list, &base_offset) in bases.iter().enumerate() {
-        let last = position_in_list + 1 == bases.len();
+    // Headers first: files at the end whose header never reached the disk were created by a roll
+    // that did not finish (the new file is created before the old one is sealed). They hold no
+    // durable record and go before the rules below look at the segment they follow.
+    let mut opened = Vec::with_capacity(bases.len());
+    for &base_offset in &bases {
         let path = dir.join(format::segment_file_name(base_offset));
         let file = storage
             .open_file(&path)
@@ -245,29 +361,56 @@ pub(crate) async fn recover<S: Storage>(
             .read_at(0, SEGMENT_HEADER_BLOCK_BYTES as usize)
             .await
             .map_err(|error| StoreError::io("read", &path, Some(0), error))?;
-        let header = match format::decode_segment_header(&header_bytes) {
-            Ok(header) => header,
-            Err(fault) if last && base_offset >= durable_offset => {
-                warn!(segment = %path.display(), fault = %fault.describe(), "unstarted segment removed");
-                drop(file);
-                storage
-                    .remove_file(&path)
+        let header = format::decode_segment_header(&header_bytes);
+        opened.push((base_offset, path, file, file_bytes, header));
+    }
+    while let Some((base_offset, path, file, _, header)) = opened.last() {
+        if *base_offset < durable_offset {
+            break;
+        }
+        let reason = match header {
+            Err(fault) => fault.describe(),
+            Ok(header) if header.seal.is_none() && opened.len() >= 2 => {
+                // A roll starts the new segment before it seals the old one. An empty started
+                // segment after an unsealed one is such an interrupted roll; the unsealed one is
+                // the real end of the log.
+                let previous_unsealed =
+                    matches!(&opened[opened.len() - 2].4, Ok(previous) if previous.seal.is_none());
+                let first_record = file
+                    .read_at(SEGMENT_HEADER_BLOCK_BYTES, format::RECORD_HEADER_BYTES)
                     .await
-                    .map_err(|error| StoreError::io("remove segment", &path, None, error))?;
-                storage
-                    .sync_dir(dir)
-                    .await
-                    .map_err(|error| StoreError::io("directory fsync", dir, None, error))?;
-                report.removed_files.push(path);
-                continue;
+                    .map_err(|error| StoreError::io("read", path, Some(0), error))?;
+                let empty = first_record.iter().all(|&byte| byte == 0);
+                if !(previous_unsealed && empty) {
+                    break;
+                }
+                "empty segment of an interrupted roll".to_string()
             }
+            Ok(_) => break,
+        };
+        let (_, path, file, _, _) = opened.pop().expect("checked above");
+        warn!(segment = %path.display(), reason = %reason, "unstarted segment removed");
+        drop(file);
+        storage
+            .remove_file(&path)
+            .await
+            .map_err(|error| StoreError::io("remove segment", &path, None, error))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(|error| StoreError::io("directory fsync", dir, None, error))?;
+        report.removed_files.push(path);
+    }
+    let opened_count = opened.len();
+    for (position_in_list, (base_offset, path, file, file_bytes, header)) in
+        opened.into_iter().enumerate()
+    {
+        let last = position_in_list + 1 == opened_count;
+        let header = match header {
+            Ok(header) => header,
             Err(fault) => {
-                return Err(corrupt(
-                    &path,
-                    None,
-                    0,
-                    format!("segment header: {}", fault.describe()),
-                ));
+                let reason = format!("segment header: {}", fault.describe());
+                return Err(corrupt(&path, None, 0, reason));
             }
         };
         if header.base_offset != base_offset {
@@ -288,8 +431,43 @@ pub(crate) async fn recover<S: Storage>(
                 );
                 return Err(corrupt(&path, None, 0, reason));
             }
-            let scan = scan_segment(&file, &path, &header, seal.end_position, options).await?;
+            let owner = IndexOwner {
+                epoch: header.epoch,
+                base_offset,
+                seal,
+            };
+            let loaded = load_index(storage, dir, &owner).await;
             let expected_end = base_offset + seal.record_count;
+            if !options.verify_sealed_on_open
+                && let Ok(index) = loaded
+            {
+                // Trusted: the seal was written after the data was synced, and every read checks
+                // each record's CRC.
+                let map = file
+                    .raw_fd()
+                    .and_then(|fd| mapped::map_sealed(fd, seal.end_position).ok())
+                    .map(Rc::new);
+                report.records_count += seal.record_count;
+                next_offset = expected_end;
+                sealed.insert(
+                    base_offset,
+                    Segment {
+                        base_offset,
+                        epoch: header.epoch,
+                        path,
+                        file: Rc::new(file),
+                        created_ms: header.created_ms,
+                        record_count: seal.record_count,
+                        end_position: seal.end_position,
+                        timestamp_ms_max: seal.timestamp_ms_max,
+                        index,
+                        live: LiveSet::default(),
+                        map,
+                    },
+                );
+                continue;
+            }
+            let scan = scan_segment(&file, &path, &header, seal.end_position, options).await?;
             if scan.next_offset != expected_end || scan.end_position != seal.end_position {
                 let reason = format!(
                     "sealed segment promises offsets up to {expected_end} ending at byte {}; \
@@ -303,6 +481,11 @@ pub(crate) async fn recover<S: Storage>(
                     scan.end_position,
                     reason,
                 ));
+            }
+            if let Err(reason) = loaded {
+                warn!(segment = %path.display(), reason = %reason, "segment index rebuilt");
+                report.indexes_rebuilt_count += 1;
+                write_index(storage, dir, &owner, &scan.index).await?;
             }
             let map = file
                 .raw_fd()
@@ -343,7 +526,8 @@ pub(crate) async fn recover<S: Storage>(
                 "{} below the durable offset {durable_offset}",
                 scan.fault.describe()
             );
-            warn!(segment = %path.display(), offset = scan.next_offset, position = scan.end_position,
+            let (offset, position) = (scan.next_offset, scan.end_position);
+            warn!(segment = %path.display(), offset, position,
                   "damage below the durable point");
             return Err(corrupt(
                 &path,
@@ -498,27 +682,8 @@ async fn new_segment<S: Storage>(
     options: &Options,
 ) -> Result<(Segment<S::File>, Tail), StoreError> {
     let path = dir.join(format::segment_file_name(base_offset));
-    let file = create_segment_file(storage, &path, options).await?;
-    let created_ms = now_ms();
-    let header = SegmentHeader {
-        epoch,
-        base_offset,
-        created_ms,
-        seal: None,
-    };
-    let mut block = storage.alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
-    format::encode_segment_header(&header, &mut block);
-    let written = file
-        .write_at(block, 0)
-        .await
-        .map_err(|error| StoreError::io("write", &path, Some(0), error))?;
-    if written as u64 != SEGMENT_HEADER_BLOCK_BYTES {
-        let error = io::Error::other(format!("short header write of {written}"));
-        return Err(StoreError::io("write", &path, Some(0), error));
-    }
-    file.fdatasync()
-        .await
-        .map_err(|error| StoreError::io("fdatasync", &path, None, error))?;
+    let (file, created_ms) =
+        create_started_segment(storage, &path, options, epoch, base_offset).await?;
     storage
         .sync_dir(dir)
         .await
@@ -541,4 +706,192 @@ async fn new_segment<S: Storage>(
         segment,
         Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, Vec::new()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+    use crate::format::{Seal, encode_checkpoint, encode_segment_header, segment_file_name};
+    use crate::io::sim::SimStorage;
+    use crate::log::{Level, Log, Record};
+
+    const DIR: &str = "/sim/recovery";
+
+    fn run<T: 'static>(future: impl Future<Output = T> + 'static) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("glommio executor starts")
+            .run(future)
+    }
+
+    fn options() -> Options {
+        Options {
+            segment_bytes: 16 * 1024,
+            max_payload_bytes: 1024,
+            background_period: None,
+            ..Options::default()
+        }
+    }
+
+    /// 60 records of 500 bytes: several sealed segments and an active one, closed cleanly.
+    fn build() -> SimStorage {
+        let storage = SimStorage::new(1);
+        let session = storage.session();
+        run(async move {
+            let (log, _) = Log::open_with(session, DIR, options()).await.unwrap();
+            for tag in 0..60u8 {
+                let body = [tag; 500];
+                let record = Record {
+                    payload: &body,
+                    timestamp_ms: 1,
+                    flags: 0,
+                };
+                log.append_wait(&[record], Level::Fsynced).await.unwrap();
+            }
+            assert!(log.sealed_segments().len() >= 2);
+            log.close().await.unwrap();
+        });
+        storage
+    }
+
+    fn open(storage: &SimStorage) -> Result<RecoveryReport, StoreError> {
+        let session = storage.session();
+        run(async move {
+            Log::open_with(session, DIR, options())
+                .await
+                .map(|(_, report)| report)
+        })
+    }
+
+    fn segment(base_offset: u64) -> PathBuf {
+        Path::new(DIR).join(segment_file_name(base_offset))
+    }
+
+    fn bases(storage: &SimStorage) -> Vec<u64> {
+        let mut bases: Vec<u64> = crate::io::sim::sim_paths(storage)
+            .iter()
+            .filter_map(|path| format::parse_segment_file_name(path.file_name()?.to_str()?))
+            .collect();
+        bases.sort_unstable();
+        bases
+    }
+
+    #[test]
+    fn a_clean_log_reopens_with_every_record() {
+        let storage = build();
+        let report = open(&storage).unwrap();
+        assert_eq!((report.next_offset, report.records_count), (60, 60));
+        assert_eq!(report.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn a_trailing_segment_whose_header_never_landed_is_removed() {
+        let storage = build();
+        let path = segment(60);
+        let session = storage.session();
+        let created = path.clone();
+        run(async move {
+            let file = session.create_file(&created).await.unwrap();
+            file.preallocate(16 * 1024).await.unwrap();
+            session.sync_dir(Path::new(DIR)).await.unwrap();
+        });
+        let report = open(&storage).unwrap();
+        assert_eq!(report.removed_files, vec![path]);
+        assert!(!bases(&storage).contains(&60));
+        assert_eq!(report.next_offset, 60);
+    }
+
+    #[test]
+    fn an_empty_started_segment_after_an_unsealed_one_is_an_interrupted_roll_and_is_removed() {
+        let storage = build();
+        let path = segment(60);
+        let (session, created) = (storage.session(), path.clone());
+        run(async move {
+            let (file, _) = create_started_segment(&session, &created, &options(), 9, 60)
+                .await
+                .unwrap();
+            drop(file);
+            session.sync_dir(Path::new(DIR)).await.unwrap();
+        });
+        let report = open(&storage).unwrap();
+        assert_eq!(report.removed_files, vec![path]);
+        assert_eq!(report.next_offset, 60);
+    }
+
+    #[test]
+    fn an_unsealed_segment_followed_by_another_refuses_the_open() {
+        let storage = build();
+        let first = bases(&storage)[0];
+        let header = SegmentHeader {
+            epoch: 1,
+            base_offset: first,
+            created_ms: 0,
+            seal: None,
+        };
+        let mut block = vec![0u8; SEGMENT_HEADER_BLOCK_BYTES as usize];
+        encode_segment_header(&header, &mut block);
+        storage.poke(&segment(first), 0, &block);
+        let error = open(&storage).unwrap_err();
+        assert!(matches!(&error, StoreError::Corrupt { segment: at, .. } if *at == segment(first)));
+    }
+
+    #[test]
+    fn a_sealed_segment_missing_a_promised_record_refuses_the_open_naming_the_offset() {
+        let storage = build();
+        let first = bases(&storage)[0];
+        let third_record = SEGMENT_HEADER_BLOCK_BYTES + 2 * (RECORD_HEADER + 500);
+        storage.poke(&segment(first), third_record, &[0u8; 40]);
+        match open(&storage) {
+            Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, Some(first + 2)),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sealed_header_promising_more_records_than_present_refuses_the_open() {
+        let storage = build();
+        let first = bases(&storage)[0];
+        let contents = storage.contents(&segment(first)).unwrap();
+        let header = format::decode_segment_header(&contents).unwrap();
+        let seal = header.seal.unwrap();
+        let inflated = Seal {
+            record_count: seal.record_count + 1,
+            ..seal
+        };
+        let mut block = vec![0u8; SEGMENT_HEADER_BLOCK_BYTES as usize];
+        encode_segment_header(
+            &SegmentHeader {
+                seal: Some(inflated),
+                ..header
+            },
+            &mut block,
+        );
+        storage.poke(&segment(first), 0, &block);
+        assert!(matches!(open(&storage), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_checkpoint_beyond_the_stored_records_refuses_the_open() {
+        let storage = build();
+        let checkpoint = Checkpoint {
+            epoch_max: 1,
+            sequence: 1_000,
+            durable_offset: 70,
+            segment_base_offset: 0,
+            position: SEGMENT_HEADER_BLOCK_BYTES,
+        };
+        let mut slot = vec![0u8; CHECKPOINT_SLOT_BYTES as usize];
+        encode_checkpoint(&checkpoint, &mut slot);
+        storage.poke(&Path::new(DIR).join(CHECKPOINT_FILE_NAME), 0, &slot);
+        match open(&storage) {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("durable offset 70"))
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    const RECORD_HEADER: u64 = format::RECORD_HEADER_BYTES as u64;
 }

@@ -58,6 +58,26 @@ impl SegmentIndex {
     pub fn entries_count(&self) -> usize {
         self.offsets.len()
     }
+
+    /// (offset, position) entries, for persisting.
+    pub fn offset_entries(&self) -> &[(u64, u64)] {
+        &self.offsets
+    }
+
+    /// (timestamp_ms, offset) entries, for persisting.
+    pub fn time_entries(&self) -> &[(u64, u64)] {
+        &self.times
+    }
+
+    /// An index from entries that `index_file` has checked for order and range.
+    pub fn from_entries(offsets: Vec<(u64, u64)>, times: Vec<(u64, u64)>) -> Self {
+        let last_indexed_position = offsets.last().map(|&(_, position)| position);
+        SegmentIndex {
+            offsets,
+            times,
+            last_indexed_position,
+        }
+    }
 }
 
 /// Which records of a segment the caller still needs. Counts live only in memory; after a restart

@@ -177,14 +177,27 @@ fn dead_segments_are_deleted_and_copy_forward_frees_pinned_ones() {
             sealed.len() >= 3,
             "expected several sealed segments, got {sealed:?}"
         );
-        let files_before = std::fs::read_dir(&dir).unwrap().count();
+        let segment_files = || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter(|entry| {
+                    entry
+                        .as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|e| e == "seg")
+                })
+                .count()
+        };
+        let files_before = segment_files();
 
         let (first_base, first_live) = sealed[0];
         for offset in first_base..first_base + first_live {
             let deleted = log.mark_dead(offset).await.unwrap();
             assert_eq!(deleted, offset + 1 == first_base + first_live);
         }
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), files_before - 1);
+        assert_eq!(segment_files(), files_before - 1);
         assert!(
             log.mark_dead(first_base).await.is_ok(),
             "marking again is harmless"
@@ -269,4 +282,154 @@ fn os_policy_reports_written_and_sync_makes_durable() {
         log.sync().await.unwrap();
         assert_eq!(log.durable_offset(), 1);
     });
+}
+
+/// Catches: an interval policy that never syncs, or one that claims `Fsynced` before its sync.
+#[test]
+fn interval_policy_confirms_fsynced_after_a_periodic_sync() {
+    let dir = scratch_dir("interval");
+    run(async move {
+        let options = Options {
+            sync_policy: SyncPolicy::Interval(std::time::Duration::from_millis(20)),
+            max_payload_bytes: 8 * 1024,
+            segment_bytes: 1024 * 1024,
+            ..Options::default()
+        };
+        let (log, _) = Log::open(&dir, options).await.unwrap();
+        let body = payload(5, 100);
+        let appended = log.append(&[record(&body, 0)]).await.unwrap();
+        assert_eq!(log.durable_offset(), 0, "nothing synced at append time");
+        let started = std::time::Instant::now();
+        let level = log.wait(&appended, Level::Fsynced).await.unwrap();
+        assert_eq!(level, Level::Fsynced);
+        assert_eq!(log.durable_offset(), 1);
+        assert!(log.stats().syncs_count >= 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    });
+}
+
+/// Catches: a time index that points past the records at or after a timestamp, and retention by
+/// offset or age that deletes too much or too little.
+#[test]
+fn time_lookups_and_retention_by_offset_and_age_pick_the_right_segments() {
+    let dir = scratch_dir("time");
+    run(async move {
+        let options = Options {
+            segment_bytes: 32 * 1024,
+            max_payload_bytes: 8 * 1024,
+            ..Options::default()
+        };
+        let (log, _) = Log::open(&dir, options).await.unwrap();
+        let body = payload(6, 900);
+        for index in 0..150u64 {
+            let timestamp_ms = 1_000 + index * 10;
+            log.append_wait(&[record(&body, timestamp_ms)], Level::Fsynced)
+                .await
+                .unwrap();
+        }
+        for target_ms in [0, 1_000, 1_005, 1_500, 2_000, 2_490, 9_999] {
+            let start = log.offset_before_time(target_ms);
+            let records = log.read(start, ALL, Watermark::Durable).await.unwrap();
+            let first_at_or_after = records.iter().find(|r| r.timestamp_ms >= target_ms);
+            let expected = (0..150u64).find(|index| 1_000 + index * 10 >= target_ms);
+            assert_eq!(
+                first_at_or_after.map(|r| r.offset),
+                expected,
+                "target {target_ms}"
+            );
+            assert!(records.first().is_none_or(|r| r.offset == start));
+        }
+
+        let sealed = log.sealed_segments();
+        assert!(sealed.len() >= 3);
+        let (second_base, _) = sealed[1];
+        let by_offset = Retention {
+            offset_min: Some(second_base + 1),
+            ..Default::default()
+        };
+        let report = log.apply_retention(&by_offset, 0).await.unwrap();
+        assert_eq!(
+            report.segments_deleted_count, 1,
+            "only the first segment lies wholly below"
+        );
+        assert_eq!(log.first_offset(), second_base);
+
+        let by_age = Retention {
+            age_max: Some(std::time::Duration::from_millis(1)),
+            ..Default::default()
+        };
+        let report = log.apply_retention(&by_age, 1_000_000).await.unwrap();
+        assert!(report.segments_deleted_count >= 1);
+        assert!(
+            log.sealed_segments().is_empty(),
+            "every sealed segment is older than the limit"
+        );
+        let remaining = log.read(0, ALL, Watermark::Durable).await.unwrap();
+        assert!(!remaining.is_empty(), "the active segment stays");
+    });
+}
+
+/// Catches: an index file that is trusted although missing, short, stale or ahead (wrong reads or
+/// a refused open), and a rebuild that does not rewrite the file. Index files are derived data.
+#[test]
+fn damaged_index_files_are_rebuilt_and_never_stop_an_open() {
+    let dir = scratch_dir("index");
+    let options = Options {
+        segment_bytes: 32 * 1024,
+        max_payload_bytes: 8 * 1024,
+        verify_sealed_on_open: false,
+        ..Options::default()
+    };
+    let bodies: Vec<Vec<u8>> = (0..200).map(|tag| payload(tag, 700)).collect();
+    run({
+        let (dir, options, bodies) = (dir.clone(), options.clone(), bodies.clone());
+        async move {
+            let (log, _) = Log::open(&dir, options).await.unwrap();
+            for body in &bodies {
+                log.append_wait(&[record(body, 1)], Level::Fsynced)
+                    .await
+                    .unwrap();
+            }
+            assert!(log.sealed_segments().len() >= 4);
+            log.close().await.unwrap();
+        }
+    });
+    let mut indexes: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "idx"))
+        .collect();
+    indexes.sort();
+    assert!(indexes.len() >= 4, "every sealed segment has an index file");
+    std::fs::remove_file(&indexes[0]).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&indexes[1])
+        .unwrap();
+    file.set_len(30).unwrap();
+    std::fs::copy(&indexes[3], &indexes[2]).unwrap();
+    std::fs::write(dir.join("00000000000099999999.idx"), b"orphan").unwrap();
+
+    let reopen = |expected_rebuilt: u64| {
+        let (dir, options, bodies) = (dir.clone(), options.clone(), bodies.clone());
+        run(async move {
+            let (log, report) = Log::open(&dir, options).await.unwrap();
+            assert_eq!(report.indexes_rebuilt_count, expected_rebuilt);
+            for from in [0u64, 13, 57, 101, 150, 199] {
+                let limits = ReadLimits {
+                    records_max: 3,
+                    bytes_max: usize::MAX,
+                };
+                let records = log.read(from, limits, Watermark::Durable).await.unwrap();
+                assert_eq!(records[0].offset, from);
+                assert_eq!(records[0].payload, bodies[from as usize]);
+            }
+        })
+    };
+    reopen(3);
+    reopen(0);
+    assert!(
+        !dir.join("00000000000099999999.idx").exists(),
+        "orphan index removed"
+    );
 }

@@ -31,7 +31,8 @@ pub trait Storage: Clone + 'static {
     async fn open_file(&self, path: &Path) -> io::Result<Self::File>;
     async fn remove_file(&self, path: &Path) -> io::Result<()>;
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// A zeroed buffer of `len` bytes that `write_at` accepts.
+    /// A buffer of `len` bytes that `write_at` accepts. Its contents are unspecified (recycled
+    /// memory): the caller writes every byte, zeros included (trap S1).
     fn alloc_buffer(&self, len: usize) -> Self::Buffer;
 }
 

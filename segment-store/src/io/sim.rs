@@ -96,12 +96,17 @@ struct Disk {
     sequence: u64,
     writes_count: u64,
     syncs_count: u64,
+    /// Crashes so far. Handles from before the last crash belong to a dead process.
+    generation: u64,
 }
 
-/// The simulated filesystem. Clones share one disk.
+/// The simulated filesystem. Clones share one disk. A handle works only in the generation (the
+/// time between two crashes) it was made for: tasks of a "dead" log that still run after a
+/// simulated crash get errors instead of writing into the next life.
 #[derive(Clone, Debug)]
 pub struct SimStorage {
     disk: Rc<RefCell<Disk>>,
+    session: u64,
 }
 
 /// An open simulated file. It keeps its inode alive after removal, like a real descriptor.
@@ -109,6 +114,11 @@ pub struct SimStorage {
 pub struct SimFile {
     disk: Rc<RefCell<Disk>>,
     inode: Rc<RefCell<Inode>>,
+    session: u64,
+}
+
+fn stale() -> io::Error {
+    io::Error::other("handle from before a simulated crash")
 }
 
 fn injected(what: &str) -> io::Error {
@@ -126,10 +136,28 @@ impl SimStorage {
             sequence: 0,
             writes_count: 0,
             syncs_count: 0,
+            generation: 0,
         };
         SimStorage {
             disk: Rc::new(RefCell::new(disk)),
+            session: 0,
         }
+    }
+
+    /// A handle for the current generation; open each log with a fresh one.
+    pub fn session(&self) -> SimStorage {
+        let generation = self.disk.borrow().generation;
+        SimStorage {
+            disk: self.disk.clone(),
+            session: generation,
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.disk.borrow().generation != self.session {
+            return Err(stale());
+        }
+        Ok(())
     }
 
     pub fn set_faults(&self, faults: SimFaults) {
@@ -204,6 +232,7 @@ impl SimStorage {
         }
         disk.visible_names = names.clone();
         disk.durable_names = names;
+        disk.generation += 1;
     }
 
     /// Overwrites bytes of a file in place, durable at once: for byte-surgery tests.
@@ -252,6 +281,7 @@ impl Storage for SimStorage {
     }
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.check()?;
         let mut disk = self.disk.borrow_mut();
         if !disk.directories.iter().any(|known| known == dir) {
             disk.directories.push(dir.to_path_buf());
@@ -260,6 +290,7 @@ impl Storage for SimStorage {
     }
 
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.check()?;
         let disk = self.disk.borrow();
         Ok(disk
             .visible_names
@@ -270,6 +301,7 @@ impl Storage for SimStorage {
     }
 
     async fn create_file(&self, path: &Path) -> io::Result<SimFile> {
+        self.check()?;
         let mut disk = self.disk.borrow_mut();
         if disk.visible_names.contains_key(path) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
@@ -279,10 +311,12 @@ impl Storage for SimStorage {
         Ok(SimFile {
             disk: self.disk.clone(),
             inode,
+            session: self.session,
         })
     }
 
     async fn open_file(&self, path: &Path) -> io::Result<SimFile> {
+        self.check()?;
         let disk = self.disk.borrow();
         let inode = disk
             .visible_names
@@ -292,10 +326,12 @@ impl Storage for SimStorage {
         Ok(SimFile {
             disk: self.disk.clone(),
             inode,
+            session: self.session,
         })
     }
 
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check()?;
         let mut disk = self.disk.borrow_mut();
         disk.visible_names
             .remove(path)
@@ -304,7 +340,9 @@ impl Storage for SimStorage {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check()?;
         yield_times(self.completion_yields()).await;
+        self.check()?;
         let mut disk = self.disk.borrow_mut();
         let disk = &mut *disk;
         disk.durable_names
@@ -318,7 +356,17 @@ impl Storage for SimStorage {
     }
 
     fn alloc_buffer(&self, len: usize) -> Vec<u8> {
-        vec![0; len]
+        // Not zero, so that a caller that forgets to zero its padding writes visible garbage.
+        vec![0xA5; len]
+    }
+}
+
+impl SimFile {
+    fn check(&self) -> io::Result<()> {
+        if self.disk.borrow().generation != self.session {
+            return Err(stale());
+        }
+        Ok(())
     }
 }
 
@@ -327,6 +375,7 @@ impl StorageFile for SimFile {
     type ReadBuffer = Vec<u8>;
 
     async fn write_at(&self, buffer: Vec<u8>, position: u64) -> io::Result<usize> {
+        self.check()?;
         assert_eq!(position % BLOCK_BYTES, 0, "direct writes start on a block");
         assert_eq!(
             buffer.len() as u64 % BLOCK_BYTES,
@@ -353,6 +402,7 @@ impl StorageFile for SimFile {
         });
         let yields = self.disk.borrow_mut().rng.below(COMPLETION_YIELDS_MAX + 1);
         yield_times(yields).await;
+        self.check()?;
         let mut inode = self.inode.borrow_mut();
         let inode = &mut *inode;
         // The pending entry is gone if a crash happened meanwhile; the write then simply vanished.
@@ -369,6 +419,7 @@ impl StorageFile for SimFile {
     }
 
     async fn read_at(&self, position: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.check()?;
         let inode = self.inode.borrow();
         let start = (position as usize).min(inode.visible.len());
         let end = (start + len).min(inode.visible.len());
@@ -376,6 +427,7 @@ impl StorageFile for SimFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
+        self.check()?;
         let covered: Vec<u64> = self
             .inode
             .borrow()
@@ -386,6 +438,7 @@ impl StorageFile for SimFile {
             .collect();
         let yields = self.disk.borrow_mut().rng.below(COMPLETION_YIELDS_MAX + 1);
         yield_times(yields).await;
+        self.check()?;
         {
             let mut disk = self.disk.borrow_mut();
             if let Some(remaining) = disk.faults.fail_sync_after.as_mut() {
@@ -411,6 +464,7 @@ impl StorageFile for SimFile {
     }
 
     async fn preallocate(&self, len: u64) -> io::Result<()> {
+        self.check()?;
         if self.disk.borrow().faults.no_space {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
@@ -426,6 +480,7 @@ impl StorageFile for SimFile {
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.check()?;
         let mut inode = self.inode.borrow_mut();
         let len = len as usize;
         inode.visible.resize(len, 0);
@@ -439,6 +494,7 @@ impl StorageFile for SimFile {
     }
 
     async fn size(&self) -> io::Result<u64> {
+        self.check()?;
         Ok(self.inode.borrow().visible.len() as u64)
     }
 

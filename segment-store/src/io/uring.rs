@@ -181,10 +181,7 @@ impl Storage for UringStorage {
     }
 
     fn alloc_buffer(&self, len: usize) -> DirectBuffer {
-        let mut buffer = glommio::allocate_dma_buffer(len);
-        // glommio hands out recycled memory; padding that reaches the disk must be zero (S1).
-        buffer.as_bytes_mut().fill(0);
-        DirectBuffer(buffer)
+        DirectBuffer(glommio::allocate_dma_buffer(len))
     }
 }
 
