@@ -148,7 +148,9 @@ struct ProducerContext {
     abort: watch::Receiver<bool>,
 }
 
-async fn produce<P: Producer>(mut producer: P, mut context: ProducerContext) {
+/// Publishes until the quota, deadline or pacer ends, then hands the producer back: dropping it
+/// would close its channel and turn the confirms still in flight into errors.
+async fn produce<P: Producer>(mut producer: P, mut context: ProducerContext) -> P {
     let mut sequence = 0u64;
     let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); context.batch_messages];
     let mut intended_ns: Vec<u64> = Vec::with_capacity(context.batch_messages);
@@ -236,6 +238,7 @@ async fn produce<P: Producer>(mut producer: P, mut context: ProducerContext) {
             .fetch_add(batch_bytes, Ordering::Relaxed);
         sequence += count as u64;
     }
+    producer
 }
 
 struct LatencyBuffer {
@@ -617,10 +620,12 @@ pub async fn run<D: Driver>(driver: Arc<D>, config: &RunConfig) -> Result<RunOut
     };
     progress.next_ns += PROGRESS_INTERVAL.as_nanos() as u64;
     let publish_limit_ns = deadline_ns.map(|end_ns| end_ns + SHUTDOWN_GRACE.as_nanos() as u64);
+    let mut finished_producers = Vec::with_capacity(config.producer_count);
     while !producer_tasks.is_empty() {
         match tokio::time::timeout(DRAIN_POLL_INTERVAL, producer_tasks.join_next()).await {
+            Ok(Some(Ok(producer))) => finished_producers.push(producer),
             Ok(Some(Err(error))) => metrics.record_error(format_args!("producer task: {error}")),
-            Ok(_) => {}
+            Ok(None) => {}
             Err(_elapsed) => {}
         }
         progress.tick_if_due(&metrics);
@@ -672,6 +677,7 @@ pub async fn run<D: Driver>(driver: Arc<D>, config: &RunConfig) -> Result<RunOut
         }
     }
     consumer_tasks.abort_all();
+    drop(finished_producers);
     let finished_ns = clock::now_ns();
     let cpu_end = CpuSample::read(config.broker_pid);
 
