@@ -122,6 +122,12 @@ impl LatencySummary {
     }
 }
 
+/// Sub-buckets per bucket for [`SIGNIFICANT_DIGITS`]: the power of two that resolves
+/// 2 * 10^digits distinct values, as the HDR layout defines it (2048 for 3 digits).
+fn sub_bucket_count() -> u64 {
+    (2 * 10u64.pow(u32::from(SIGNIFICANT_DIGITS))).next_power_of_two()
+}
+
 /// The percentile distribution in the plain-text layout of the HDR tools (`.hgrm`), with values
 /// in microseconds. Plotting tools for HDR output read this layout.
 pub fn percentile_text(histogram: &Histogram<u64>) -> String {
@@ -162,7 +168,7 @@ pub fn percentile_text(histogram: &Histogram<u64>) -> String {
         text,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         histogram.buckets(),
-        histogram.distinct_values()
+        sub_bucket_count()
     );
     text
 }
@@ -223,6 +229,7 @@ mod tests {
             "{last_row}"
         );
         assert!(text.contains("Total count    =            4"));
+        assert!(text.contains("SubBuckets     =         2048"));
     }
 
     #[test]

@@ -272,23 +272,24 @@ fn cpu_percent(start_ns: u64, end_ns: u64, wall_ns: u64) -> f64 {
     end_ns.saturating_sub(start_ns) as f64 * 100.0 / wall_ns as f64
 }
 
-fn series_of(metrics: &Metrics) -> Vec<(&'static str, Histogram<u64>)> {
-    vec![
+/// The series worth reporting. Without a pacer the intended time is the send time, so the
+/// `_from_intended` series would only repeat the others.
+fn series_of(metrics: &Metrics, paced: bool) -> Vec<(&'static str, Histogram<u64>)> {
+    let mut series = vec![
         (metrics.end_to_end.name, metrics.end_to_end.total()),
-        (
-            metrics.end_to_end_from_intended.name,
-            metrics.end_to_end_from_intended.total(),
-        ),
         (
             metrics.publish_to_confirm.name,
             metrics.publish_to_confirm.total(),
         ),
-        (
-            metrics.publish_to_confirm_from_intended.name,
-            metrics.publish_to_confirm_from_intended.total(),
-        ),
-        (metrics.pacer_lag.name, metrics.pacer_lag.total()),
-    ]
+    ];
+    if paced {
+        let from_intended = &metrics.end_to_end_from_intended;
+        series.push((from_intended.name, from_intended.total()));
+        let confirm_from_intended = &metrics.publish_to_confirm_from_intended;
+        series.push((confirm_from_intended.name, confirm_from_intended.total()));
+        series.push((metrics.pacer_lag.name, metrics.pacer_lag.total()));
+    }
+    series
 }
 
 pub fn build(config: &RunConfig, outcome: &RunOutcome, context: &Context) -> Report {
@@ -302,7 +303,7 @@ pub fn build(config: &RunConfig, outcome: &RunOutcome, context: &Context) -> Rep
     let publish_seconds = rate(1, first_publish_ns, outcome.publish_ended_ns);
     let delivery_seconds = rate(1, first_publish_ns, load(&metrics.last_delivery_ns));
 
-    let series = series_of(metrics);
+    let series = series_of(metrics, config.rate_msgs_per_sec.is_some());
     let latency = series
         .iter()
         .filter(|(_, histogram)| !histogram.is_empty())
@@ -456,7 +457,7 @@ fn notes_for(
 /// Writes the folder's files; `report.json` last, so that its presence means the run is whole.
 pub fn write(folder: &Path, report: &mut Report, metrics: &Metrics) -> io::Result<()> {
     fs::create_dir_all(folder)?;
-    let series = series_of(metrics);
+    let series = series_of(metrics, report.parameters.rate_msgs_per_sec.is_some());
     for (name, histogram) in &series {
         if histogram.is_empty() {
             continue;

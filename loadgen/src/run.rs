@@ -449,6 +449,122 @@ async fn connect_all<D: Driver>(
     Ok(connections)
 }
 
+async fn open_consumers<D: Driver>(
+    driver: &D,
+    config: &RunConfig,
+    topology: &Topology,
+    placements: &mut Vec<ConnectionPlacement>,
+) -> Result<Vec<D::Consumer>, RunError> {
+    let connections = connect_all(
+        driver,
+        Role::Consumer,
+        config.consumer_connection_count.min(config.consumer_count),
+        config.consumer_count,
+        |index| config.consumer_queues(index),
+        topology,
+        placements,
+    )
+    .await?;
+    let mut consumers = Vec::with_capacity(config.consumer_count);
+    for index in 0..config.consumer_count {
+        let queues = config.consumer_queues(index);
+        let spec = ConsumerSpec {
+            index,
+            queues: queues
+                .iter()
+                .map(|&queue| topology.queues[queue].name.clone())
+                .collect(),
+            prefetch: config.prefetch_messages,
+            auto_ack: config.ack == AckMode::Auto,
+        };
+        let connection = &connections[index % connections.len()];
+        let consumer = driver.open_consumer(connection, &spec).await;
+        consumers.push(consumer.map_err(at("open consumer"))?);
+    }
+    Ok(consumers)
+}
+
+type ProducersAndWindows<P> = (Vec<P>, Vec<Option<Arc<ProducerWindow>>>);
+
+async fn open_producers<D: Driver>(
+    driver: &D,
+    config: &RunConfig,
+    topology: &Topology,
+    metrics: &Arc<Metrics>,
+    placements: &mut Vec<ConnectionPlacement>,
+) -> Result<ProducersAndWindows<D::Producer>, RunError> {
+    let connections = connect_all(
+        driver,
+        Role::Producer,
+        config.producer_connection_count,
+        config.producer_count,
+        |index| config.producer_queues(index),
+        topology,
+        placements,
+    )
+    .await?;
+    let mut producers = Vec::with_capacity(config.producer_count);
+    let mut windows = Vec::with_capacity(config.producer_count);
+    for index in 0..config.producer_count {
+        let window = Arc::new(ProducerWindow::new(config.window_messages));
+        let spec = ProducerSpec {
+            index,
+            exchange_name: topology.exchange_name.clone(),
+            durability: config.durability,
+            confirms: config.confirms,
+        };
+        let sink = ConfirmSink::new(window.clone(), metrics.clone());
+        let connection = &connections[index % connections.len()];
+        let producer = driver.open_producer(connection, &spec, sink).await;
+        producers.push(producer.map_err(at("open producer"))?);
+        windows.push(config.confirms.then_some(window));
+    }
+    Ok((producers, windows))
+}
+
+type PacerStart = (
+    Option<std::thread::JoinHandle<PacerOutcome>>,
+    Vec<Option<mpsc::Receiver<Tick>>>,
+);
+
+/// Starts the pacer for a fixed-rate run and gives each producer its tick channel, whose
+/// capacity (one window) is how far the pacer may run ahead of a slow producer before it blocks.
+fn start_pacer(
+    config: &RunConfig,
+    started_ns: u64,
+    deadline_ns: Option<u64>,
+    stop: &Arc<AtomicBool>,
+    metrics: &Metrics,
+) -> Result<PacerStart, RunError> {
+    let mut receivers: Vec<Option<mpsc::Receiver<Tick>>> =
+        (0..config.producer_count).map(|_| None).collect();
+    let Some(rate) = config.rate_msgs_per_sec else {
+        return Ok((None, receivers));
+    };
+    let schedule = Schedule::new(started_ns, rate);
+    let by_time = deadline_ns.map_or(u64::MAX, |end_ns| schedule.count_before(end_ns));
+    let count = config.message_count.unwrap_or(u64::MAX).min(by_time);
+    let mut senders = Vec::with_capacity(config.producer_count);
+    for receiver in &mut receivers {
+        let (sender, ticks) = mpsc::channel(config.window_messages);
+        senders.push(sender);
+        *receiver = Some(ticks);
+    }
+    let pacer_config = PacerConfig {
+        schedule,
+        count,
+        spin: Duration::from_micros(config.pacer_spin_us),
+    };
+    let handle = pacer::spawn(
+        pacer_config,
+        senders,
+        stop.clone(),
+        metrics.pacer_lag.clone(),
+    )
+    .map_err(RunError::Pacer)?;
+    Ok((Some(handle), receivers))
+}
+
 pub async fn run<D: Driver>(driver: Arc<D>, config: &RunConfig) -> Result<RunOutcome, RunError> {
     clock::init();
     let topology = topology_of(config);
@@ -474,66 +590,9 @@ pub async fn run<D: Driver>(driver: Arc<D>, config: &RunConfig) -> Result<RunOut
         .await
         .map_err(at("declare topology"))?;
 
-    let consumer_connections = connect_all(
-        &*driver,
-        Role::Consumer,
-        config.consumer_connection_count.min(config.consumer_count),
-        config.consumer_count,
-        |index| config.consumer_queues(index),
-        &topology,
-        &mut placements,
-    )
-    .await?;
-    let mut consumers = Vec::with_capacity(config.consumer_count);
-    for index in 0..config.consumer_count {
-        let spec = ConsumerSpec {
-            index,
-            queues: config
-                .consumer_queues(index)
-                .into_iter()
-                .map(|queue| topology.queues[queue].name.clone())
-                .collect(),
-            prefetch: config.prefetch_messages,
-            auto_ack: config.ack == AckMode::Auto,
-        };
-        let connection = &consumer_connections[index % consumer_connections.len()];
-        consumers.push(
-            driver
-                .open_consumer(connection, &spec)
-                .await
-                .map_err(at("open consumer"))?,
-        );
-    }
-
-    let producer_connections = connect_all(
-        &*driver,
-        Role::Producer,
-        config.producer_connection_count,
-        config.producer_count,
-        |index| config.producer_queues(index),
-        &topology,
-        &mut placements,
-    )
-    .await?;
-    let mut producers = Vec::with_capacity(config.producer_count);
-    let mut windows = Vec::with_capacity(config.producer_count);
-    for index in 0..config.producer_count {
-        let window = Arc::new(ProducerWindow::new(config.window_messages));
-        let spec = ProducerSpec {
-            index,
-            exchange_name: topology.exchange_name.clone(),
-            durability: config.durability,
-            confirms: config.confirms,
-        };
-        let sink = ConfirmSink::new(window.clone(), metrics.clone());
-        let connection = &producer_connections[index % producer_connections.len()];
-        let producer = driver
-            .open_producer(connection, &spec, sink)
-            .await
-            .map_err(at("open producer"))?;
-        producers.push(producer);
-        windows.push(config.confirms.then_some(window));
-    }
+    let consumers = open_consumers(&*driver, config, &topology, &mut placements).await?;
+    let (producers, windows) =
+        open_producers(&*driver, config, &topology, &metrics, &mut placements).await?;
 
     let (stop_consumers, stop_receiver) = watch::channel(false);
     let (abort_producers, abort_receiver) = watch::channel(false);
@@ -555,35 +614,8 @@ pub async fn run<D: Driver>(driver: Arc<D>, config: &RunConfig) -> Result<RunOut
     }
 
     let pacer_stop = Arc::new(AtomicBool::new(false));
-    let mut tick_receivers: Vec<Option<mpsc::Receiver<Tick>>> =
-        (0..config.producer_count).map(|_| None).collect();
-    let pacer_handle = if let Some(rate) = config.rate_msgs_per_sec {
-        let schedule = Schedule::new(started_ns, rate);
-        let by_time = deadline_ns.map_or(u64::MAX, |end_ns| schedule.count_before(end_ns));
-        let count = config.message_count.unwrap_or(u64::MAX).min(by_time);
-        let mut senders = Vec::with_capacity(config.producer_count);
-        for receiver in &mut tick_receivers {
-            let (sender, ticks) = mpsc::channel(config.window_messages);
-            senders.push(sender);
-            *receiver = Some(ticks);
-        }
-        let pacer_config = PacerConfig {
-            schedule,
-            count,
-            spin: Duration::from_micros(config.pacer_spin_us),
-        };
-        Some(
-            pacer::spawn(
-                pacer_config,
-                senders,
-                pacer_stop.clone(),
-                metrics.pacer_lag.clone(),
-            )
-            .map_err(RunError::Pacer)?,
-        )
-    } else {
-        None
-    };
+    let (pacer_handle, tick_receivers) =
+        start_pacer(config, started_ns, deadline_ns, &pacer_stop, &metrics)?;
 
     let mut producer_tasks = JoinSet::new();
     for (index, (producer, ticks)) in producers.into_iter().zip(tick_receivers).enumerate() {

@@ -112,6 +112,10 @@ pub fn load_average() -> Option<[f64; 3]> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GitRevision {
+    /// The commit the running binary was built from, and whether tracked files differed from it.
+    pub binary_commit: &'static str,
+    pub binary_dirty: &'static str,
+    /// The work tree's commit when the report was written (may be newer than the binary).
     pub commit: Option<String>,
     /// Uncommitted changes in the tree the loadgen runs from.
     pub dirty: Option<bool>,
@@ -127,6 +131,8 @@ impl GitRevision {
                 .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
         };
         GitRevision {
+            binary_commit: env!("LOADGEN_BUILD_GIT_COMMIT"),
+            binary_dirty: env!("LOADGEN_BUILD_GIT_DIRTY"),
             commit: run(&["rev-parse", "HEAD"]).map(|text| text.trim().to_owned()),
             dirty: run(&["status", "--porcelain", "--untracked-files=no"])
                 .map(|text| !text.trim().is_empty()),
