@@ -10,7 +10,8 @@
 #   RUN      any of: w1-confirms w1-noconfirm-autoack w2-classic w2-quorum w4-written w4-fsynced
 #            (default: all)
 # Environment: DURATION_S (default 12), LOAD_BELOW (default 1.5), LOAD_WAIT_S (default 90),
-#              OVERWRITE=1 to replace folders of the same date and label.
+#              OVERWRITE=1 to replace folders of the same date and label, LABEL_SUFFIX
+#              (e.g. -r2) to keep a repeat beside an earlier run.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -56,7 +57,7 @@ run() {
     local extra=()
     [[ "${OVERWRITE:-0}" == 1 ]] && extra=(--overwrite)
     "${launcher[@]}" "$loadgen" --broker-pid "$pid" --duration-secs "$duration_s" \
-        --label "rabbitmq-$name-$placement" "${extra[@]}" "$@" || echo "run $name exited $?" >&2
+        --label "rabbitmq-$name-$placement${LABEL_SUFFIX:-}" "${extra[@]}" "$@" || echo "run $name exited $?" >&2
 }
 
 for name in "${runs[@]}"; do
