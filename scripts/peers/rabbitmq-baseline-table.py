@@ -24,7 +24,7 @@ def main(paths):
         e2e = latency.get("end_to_end")
         confirm = latency.get("publish_to_confirm")
         label = report["label"]
-        placement = "pinned" if label.endswith("-pinned") else "default"
+        placement = "pinned" if "-pinned" in label else "default"
         check = report.get("reference_check")
         if check:
             reference = "; ".join(f"{f['name']} {f['reference']:,.0f}" for f in check["figures"])
@@ -40,6 +40,8 @@ def main(paths):
         cpu_text = (f"{broker_cpu:.0f} / " if broker_cpu is not None else "– / ") + \
             f"{results['loadgen_cpu_percent_of_one_core']:.0f}"
         load = report.get("load_average_at_start") or ["?"]
+        if "-nice10" in label:
+            placement += ", nice -10"
         print(f"| {label} | {placement} | {load[0]} | "
               f"{results['delivery_throughput_msgs_per_sec']:,.0f} | {e2e_text} | {confirm_text} | "
               f"{cpu_text} | {reference} | {ratio} | {within} |")
