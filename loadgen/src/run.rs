@@ -34,6 +34,9 @@ const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// so that the progress line is never more than this stale.
 const LATENCY_FLUSH_COUNT: usize = 64;
 const LATENCY_FLUSH_INTERVAL_NS: u64 = 100_000_000;
+/// A run bounded only by `--count` that is still publishing after this is stuck (a broker that
+/// stopped confirming, say); it is aborted and reported rather than left to hang.
+const COUNT_RUN_PUBLISH_LIMIT: Duration = Duration::from_secs(600);
 /// Grace after the drain deadline for tasks to notice the stop and return.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const NS_PER_SEC: f64 = 1e9;
@@ -651,7 +654,9 @@ pub async fn run<D: Driver>(driver: Arc<D>, config: &RunConfig) -> Result<RunOut
         next_ns: started_ns,
     };
     progress.next_ns += PROGRESS_INTERVAL.as_nanos() as u64;
-    let publish_limit_ns = deadline_ns.map(|end_ns| end_ns + SHUTDOWN_GRACE.as_nanos() as u64);
+    let publish_end_ns =
+        deadline_ns.unwrap_or(started_ns + COUNT_RUN_PUBLISH_LIMIT.as_nanos() as u64);
+    let publish_limit_ns = publish_end_ns + SHUTDOWN_GRACE.as_nanos() as u64;
     let mut finished_producers = Vec::with_capacity(config.producer_count);
     while !producer_tasks.is_empty() {
         match tokio::time::timeout(DRAIN_POLL_INTERVAL, producer_tasks.join_next()).await {
@@ -661,7 +666,7 @@ pub async fn run<D: Driver>(driver: Arc<D>, config: &RunConfig) -> Result<RunOut
             Err(_elapsed) => {}
         }
         progress.tick_if_due(&metrics);
-        if publish_limit_ns.is_some_and(|limit_ns| clock::now_ns() >= limit_ns) {
+        if clock::now_ns() >= publish_limit_ns {
             pacer_stop.store(true, Ordering::Relaxed);
             let _ = abort_producers.send(true);
         }
