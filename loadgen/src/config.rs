@@ -452,8 +452,8 @@ impl RunConfig {
                     .contains(&self.consumer_connection_count),
                 || {
                     format!(
-                        "--consumer-connections {} must be 1..=min(consumers, {CONNECTION_COUNT_MAX})",
-                        self.consumer_connection_count
+                        "--consumer-connections {} must be 1..=min(consumers, {})",
+                        self.consumer_connection_count, CONNECTION_COUNT_MAX
                     )
                 },
             )?;

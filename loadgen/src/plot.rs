@@ -17,6 +17,7 @@ const MARGIN_BOTTOM_PX: f64 = 60.0;
 /// Nines shown on the x axis at most (99.9999 %); a run rarely has the samples for more.
 const NINES_MAX: u32 = 6;
 const TICKS_PER_HALF_DISTANCE: u32 = 5;
+const AXIS_LABEL_Y: &str = "latency (log scale)";
 const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
 ];
@@ -91,8 +92,9 @@ pub fn percentile_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> Option
     let mut svg = String::new();
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH_PX}" height="{HEIGHT_PX}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH_PX}" height="{HEIGHT_PX}">"#
     );
+    let _ = writeln!(svg, r#"<g font-family="sans-serif" font-size="12">"#);
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         svg,
@@ -107,23 +109,32 @@ pub fn percentile_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> Option
             0 => "0%".to_owned(),
             _ => format!("{}%", 100.0 - 100.0 / 10f64.powi(nines as i32)),
         };
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
+        let (top, bottom, text_y) = (
             MARGIN_TOP_PX,
             MARGIN_TOP_PX + plot_height,
-            MARGIN_TOP_PX + plot_height + 18.0
+            MARGIN_TOP_PX + plot_height + 18.0,
+        );
+        let _ = write!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="#ddd"/>"##
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{x:.1}" y="{text_y:.1}" text-anchor="middle">{label}</text>"#
         );
     }
     let mut decade = y_min;
     while decade <= y_max {
         let y = to_y(decade);
+        let (left, right) = (MARGIN_LEFT_PX, MARGIN_LEFT_PX + plot_width);
+        let _ = write!(
+            svg,
+            r##"<line x1="{left:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="#ddd"/>"##
+        );
         let _ = writeln!(
             svg,
-            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            MARGIN_LEFT_PX,
-            MARGIN_LEFT_PX + plot_width,
-            MARGIN_LEFT_PX - 6.0,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 6.0,
             y + 4.0,
             latency_label(decade)
         );
@@ -135,12 +146,12 @@ pub fn percentile_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> Option
         MARGIN_LEFT_PX + plot_width / 2.0,
         HEIGHT_PX - 14.0
     );
-    let _ = writeln!(
+    let middle = MARGIN_TOP_PX + plot_height / 2.0;
+    let _ = write!(
         svg,
-        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">latency (log scale)</text>"#,
-        MARGIN_TOP_PX + plot_height / 2.0,
-        MARGIN_TOP_PX + plot_height / 2.0
+        r#"<text x="16" y="{middle:.1}" transform="rotate(-90 16 {middle:.1})""#
     );
+    let _ = writeln!(svg, r#" text-anchor="middle">{AXIS_LABEL_Y}</text>"#);
 
     for (position, (name, points)) in plotted.iter().enumerate() {
         let color = COLORS[position % COLORS.len()];
@@ -155,16 +166,20 @@ pub fn percentile_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> Option
         );
         let legend_y = MARGIN_TOP_PX + 16.0 + position as f64 * 20.0;
         let legend_x = MARGIN_LEFT_PX + plot_width + 16.0;
+        let line_end_x = legend_x + 20.0;
+        let _ = write!(
+            svg,
+            r#"<line x1="{legend_x:.1}" y1="{legend_y:.1}" x2="{line_end_x:.1}" y2="{legend_y:.1}""#
+        );
         let _ = writeln!(
             svg,
-            r#"<line x1="{legend_x:.1}" y1="{legend_y:.1}" x2="{:.1}" y2="{legend_y:.1}" stroke="{color}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            legend_x + 20.0,
+            r#" stroke="{color}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
             legend_x + 26.0,
             legend_y + 4.0,
             escape(name)
         );
     }
-    let _ = writeln!(svg, "</svg>");
+    let _ = writeln!(svg, "</g>\n</svg>");
     Some(svg)
 }
 

@@ -57,7 +57,8 @@ run() {
     local extra=()
     [[ "${OVERWRITE:-0}" == 1 ]] && extra=(--overwrite)
     "${launcher[@]}" "$loadgen" --broker-pid "$pid" --duration-secs "$duration_s" \
-        --label "rabbitmq-$name-$placement${LABEL_SUFFIX:-}" "${extra[@]}" "$@" || echo "run $name exited $?" >&2
+        --label "rabbitmq-$name-$placement${LABEL_SUFFIX:-}" "${extra[@]}" "$@" \
+        || echo "run $name exited $?" >&2
 }
 
 for name in "${runs[@]}"; do

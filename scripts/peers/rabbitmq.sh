@@ -49,7 +49,8 @@ ensure_installed() {
 stop_system_node() {
     if [[ "$amqp_port" == 5672 ]] && port_open 5672 && ! running_pid >/dev/null; then
         log "a broker outside this script holds 127.0.0.1:5672; stopping the system rabbitmq"
-        if command -v systemctl >/dev/null && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
+        if command -v systemctl >/dev/null \
+            && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
             systemctl stop rabbitmq-server
         elif command -v service >/dev/null; then
             service rabbitmq-server stop >/dev/null 2>&1 || true
