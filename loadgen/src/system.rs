@@ -66,7 +66,10 @@ pub fn process_command(pid: u32) -> Option<String> {
 #[derive(Debug, Clone, Serialize)]
 pub struct MachineInfo {
     pub cpu_model: String,
-    pub cpu_count_online: usize,
+    /// Processors listed in /proc/cpuinfo: the machine's, whatever this process is pinned to.
+    pub cpu_count_machine: usize,
+    /// CPUs this process may run on (its affinity), e.g. 1 under `taskset -c 1`.
+    pub cpu_count_available_to_loadgen: usize,
     pub kernel_release: String,
     pub hostname: String,
     pub memory_total_kib: Option<u64>,
@@ -86,7 +89,12 @@ impl MachineInfo {
         });
         MachineInfo {
             cpu_model,
-            cpu_count_online: std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_count_machine: cpuinfo
+                .lines()
+                .filter(|line| line.starts_with("processor"))
+                .count(),
+            cpu_count_available_to_loadgen: std::thread::available_parallelism()
+                .map_or(0, usize::from),
             kernel_release: read_trimmed("/proc/sys/kernel/osrelease"),
             hostname: read_trimmed("/proc/sys/kernel/hostname"),
             memory_total_kib,
