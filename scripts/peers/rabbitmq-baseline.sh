@@ -7,8 +7,9 @@
 # Usage: scripts/peers/rabbitmq-baseline.sh default|pinned [RUN...]
 #   default  broker and loadgen float over all CPUs
 #   pinned   broker on CPU 0 (taskset), loadgen on CPU 1
-#   RUN      any of: w1-confirms w1-noconfirm-autoack w2-classic w2-quorum w4-written w4-fsynced
-#            (default: all)
+#   RUN      any of: w1-confirms w1-noconfirm-autoack w2-classic w2-quorum w4-written
+#            w4-noconfirm-autoack w4-fsynced (default: all). The reference's transient W1 and W4
+#            figures were measured without confirms and with autoack: the -noconfirm-autoack runs.
 # Environment: DURATION_S (default 12), LOAD_BELOW (default 1.5), LOAD_WAIT_S (default 90),
 #              OVERWRITE=1 to replace folders of the same date and label, LABEL_SUFFIX
 #              (e.g. -r2) to keep a repeat beside an earlier run.
@@ -20,7 +21,8 @@ placement="${1:?usage: rabbitmq-baseline.sh default|pinned [RUN...]}"
 shift
 runs=("$@")
 if ((${#runs[@]} == 0)); then
-    runs=(w1-confirms w1-noconfirm-autoack w2-classic w2-quorum w4-written w4-fsynced)
+    runs=(w1-confirms w1-noconfirm-autoack w2-classic w2-quorum w4-written w4-noconfirm-autoack
+        w4-fsynced)
 fi
 duration_s="${DURATION_S:-12}"
 load_below="${LOAD_BELOW:-1.5}"
@@ -68,6 +70,7 @@ for name in "${runs[@]}"; do
         w2-classic) run "$name" --workload W2 ;;
         w2-quorum) run "$name" --workload W2 --amqp-queue-type quorum ;;
         w4-written) run "$name" --workload W4 ;;
+        w4-noconfirm-autoack) run "$name" --workload W4 --no-confirms --ack auto ;;
         w4-fsynced) run "$name" --workload W4 --durability fsynced ;;
         *) echo "unknown run $name" >&2; exit 2 ;;
     esac
