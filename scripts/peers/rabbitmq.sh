@@ -4,6 +4,9 @@
 # stopped by the PID it wrote. It never touches a system RabbitMQ's data: it uses its own node
 # name, AMQP port and distribution port, and refuses to start if the AMQP port is already taken.
 #
+# The Erlang port mapper daemon (epmd) that the node starts, bound to 127.0.0.1, outlives `stop`:
+# other Erlang nodes may share it. It holds no broker data.
+#
 # Usage: scripts/peers/rabbitmq.sh start|stop|status
 # Environment:
 #   RABBITMQ_SCRATCH   scratch directory (default: <repo>/target/peers/rabbitmq-<port>)
