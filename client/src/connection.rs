@@ -417,6 +417,8 @@ impl Shared {
                 let interval = self.info.negotiated.heartbeat;
                 self.end(core, ClientError::MissedHeartbeats { interval });
             }
+            // Our Close went unanswered for the wire crate's close timeout: give up on CloseOk.
+            Tick::CloseSocket => self.end(core, ClientError::Closed),
         }
     }
 }

@@ -83,7 +83,7 @@ impl TestClient {
         address: SocketAddr,
         user: &str,
         password: &str,
-    ) -> Result<TestClient, Frame> {
+    ) -> Result<TestClient, Box<Frame>> {
         let stream = TcpStream::connect(address).expect("connect");
         stream.set_read_timeout(Some(FRAME_DEADLINE)).unwrap();
         stream.set_nodelay(true).unwrap();
