@@ -31,6 +31,9 @@ use crate::shard::{self, ControlSpec as ShardControl, ShardSpec};
 use crate::users::Users;
 use crate::{listeners, mesh, requirements};
 
+/// How long start-up waits for every shard to open and replay its journal.
+const SHARD_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The name and version the handshake announces.
 const SERVER_NAME: &str = concat!("ruuster ", env!("CARGO_PKG_VERSION"));
 
@@ -194,13 +197,18 @@ impl Broker {
         }
         drop(ready_sender);
         for _ in 0..shard_count {
-            match ready.recv() {
+            // A shard that neither serves nor fails within this is stuck: refuse to start
+            // rather than hang.
+            match ready.recv_timeout(SHARD_READY_TIMEOUT) {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => {
                     ShutdownHandle { senders }.shutdown();
                     bail!("{message}");
                 }
-                Err(_) => bail!("a shard stopped before it was ready"),
+                Err(_) => {
+                    ShutdownHandle { senders }.shutdown();
+                    bail!("a shard stopped, or was not ready within {SHARD_READY_TIMEOUT:?}")
+                }
             }
         }
 

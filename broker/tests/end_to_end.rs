@@ -18,6 +18,7 @@ fn shard_address(broker: &ruuster_broker::server::Broker, shard: usize) -> Socke
 /// overrun, reordering. Cannot catch: loss at a crash (see the crash test).
 #[test]
 fn publishing_on_one_shard_reaches_queues_on_every_shard_in_order() {
+    let _serial = common::serial();
     let broker = start_broker(&scratch("fanout-across-shards"), 2);
     let mut publisher = TestClient::connect(shard_address(&broker, 0));
     assert_eq!(publisher.welcome.shard_index, 0);
@@ -78,6 +79,7 @@ fn publishing_on_one_shard_reaches_queues_on_every_shard_in_order() {
 /// one rejected without requeue never comes back.
 #[test]
 fn a_requeued_message_returns_to_its_place_and_a_discarded_one_does_not() {
+    let _serial = common::serial();
     let broker = start_broker(&scratch("requeue"), 2);
     let mut client = TestClient::connect(broker.client_addr());
     client.declare_queue("work", true);
@@ -116,6 +118,7 @@ fn a_requeued_message_returns_to_its_place_and_a_discarded_one_does_not() {
 /// unroutable; a non-mandatory one is only confirmed as unroutable.
 #[test]
 fn unroutable_messages_are_returned_when_mandatory_and_confirmed_as_such() {
+    let _serial = common::serial();
     let broker = start_broker(&scratch("unroutable"), 2);
     let mut client = TestClient::connect(broker.client_addr());
     client.declare_exchange("nowhere", ExchangeKind::Direct);
@@ -152,6 +155,7 @@ fn unroutable_messages_are_returned_when_mandatory_and_confirmed_as_such() {
 /// Deliveries a consumer held when its connection died go back to the queue, redelivered.
 #[test]
 fn unacked_messages_return_when_the_consumer_connection_dies() {
+    let _serial = common::serial();
     let broker = start_broker(&scratch("connection-death"), 2);
     let mut publisher = TestClient::connect(broker.client_addr());
     publisher.declare_queue("jobs", true);
@@ -181,6 +185,7 @@ fn unacked_messages_return_when_the_consumer_connection_dies() {
 /// redelivered; acked ones do not come back.
 #[test]
 fn durable_messages_survive_a_restart_and_acked_ones_stay_gone() {
+    let _serial = common::serial();
     let data_dir = scratch("restart");
     {
         let broker = start_broker(&data_dir, 2);

@@ -41,6 +41,16 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Brokers in one test process run one at a time: each pins two shards to the same CPUs, and
+/// several at once oversubscribe a 2-CPU machine (a shard was once seen stalled in its journal's
+/// first checkpoint write under such load; see the README's known issues).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Starts a broker in this process on an ephemeral port with `shards` shards.
 pub fn start_broker(data_dir: &Path, shards: usize) -> Broker {
     init_logs();
