@@ -1050,20 +1050,21 @@ async fn queue_purge(shared: &Rc<Shared>, purge: QueuePurge) -> Reply {
 }
 
 async fn stats(shared: &Rc<Shared>, request_id: u32) -> Reply {
-    let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     for shard in 0..shared.core.shard_count {
-        if let Some(QueryReply::Stats(counters)) =
+        if let Some(QueryReply::Stats(counters, per_shard)) =
             shared.query(shard, QueryId::NONE, Query::Stats).await
         {
             for (name, value) in counters {
-                *totals.entry(name).or_default() += value;
+                *totals.entry(name.to_owned()).or_default() += value;
             }
+            totals.extend(per_shard);
         }
     }
-    totals.insert("shards_count", shared.core.shard_count as u64);
+    totals.insert("shards_count".to_owned(), shared.core.shard_count as u64);
     let counters = totals
         .into_iter()
-        .map(|(name, value)| (short(name), value))
+        .map(|(name, value)| (short(&name), value))
         .collect();
     Ok(Frame::StatsOk(StatsOk {
         request_id,

@@ -23,6 +23,8 @@
 //! - [`runtime`]: a shard's data plane: owned queues, journal appends with group commit,
 //!   confirms, dispatch to consumers, settlements and replay.
 //! - [`users`]: users and salted password hashes for the `PLAIN` handshake.
+//! - [`stages`]: per-stage latency histograms (append, written, fsynced, stored, deliver,
+//!   settle), reported through the stats request.
 //! - [`shard`]: the glommio-specific part: executors, pinning and each shard's accept loop.
 //! - [`server`]: start-up order and shutdown, usable in-process by tests.
 
@@ -41,4 +43,5 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod stages;
 pub mod users;

@@ -1,7 +1,7 @@
 //! One queue's state machine: its messages, the deliveries its consumers hold unacked, and their
 //! credit. Sans-IO and single-threaded: the shard that owns the queue calls it, journals what it
 //! reports, and turns its deliveries into frames. It does no I/O and reads no clock (times come
-//! from the runtime: `MessageMeta::enqueued_at_ms` now, `now_ms` arguments for the timed features
+//! from the runtime: `MessageMeta::enqueued_at_ns` now, `now_ms` arguments for the timed features
 //! to come). On the hot path (enqueue, dispatch, ack) it allocates only when a list grows past its
 //! capacity, and it never copies a body: a delivery clones the `Bytes` handle, a reference-count
 //! increment for bodies sliced from a shared receive buffer (a `Bytes` built from a `Vec` instead
@@ -120,8 +120,9 @@ pub struct ConsumerId(pub u64);
 /// the features of the module doc need no change of entry layout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MessageMeta {
-    /// When the owning shard accepted the message.
-    pub enqueued_at_ms: u64,
+    /// When the message was published: the wall clock (ns since the Unix epoch) at its decode on
+    /// the publishing connection's shard.
+    pub enqueued_at_ns: u64,
     /// When the message expires; `None` for never. Stored, not enforced yet.
     pub expires_at_ms: Option<u64>,
     /// The message's priority. Stored, not used yet.

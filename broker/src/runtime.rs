@@ -43,6 +43,7 @@ use crate::journal::{self, Decoded, RECORD_MESSAGE, RECORD_SETTLEMENT, Target};
 use crate::mesh::{Lane, Mesh};
 use crate::queue::{self, ConsumerId, Delivery, Departure, MessageMeta, Queue, QueueRecovery};
 use crate::routing::QueueId;
+use crate::stages::{Stage, Stages};
 
 /// Publishes appended to the journal in one call. Bounds the batch's record buffers.
 pub const APPEND_BATCH_MAX: usize = 1024;
@@ -142,7 +143,9 @@ pub enum QueryReply {
     Purged {
         message_count: u64,
     },
-    Stats(Vec<(&'static str, u64)>),
+    /// The shard's counters, summed over shards by the connection, and its per-shard figures
+    /// (stage percentiles), passed on as they are.
+    Stats(Vec<(&'static str, u64)>, Vec<(String, u64)>),
     NotFound,
 }
 
@@ -248,6 +251,7 @@ pub struct Core {
     pub sync_policy: SyncPolicy,
     pub control: flume::Sender<ControlRequest>,
     pub counters: Counters,
+    pub stages: Stages,
     mesh: std::cell::OnceCell<Mesh<ShardMessage>>,
     snapshot: RefCell<Arc<Snapshot>>,
     queues: RefCell<HashMap<QueueId, OwnedQueue>>,
@@ -295,6 +299,7 @@ impl Core {
             sync_policy,
             control,
             counters: Counters::default(),
+            stages: Stages::default(),
             mesh: std::cell::OnceCell::new(),
             snapshot: RefCell::new(snapshot),
             queues: RefCell::new(HashMap::new()),
@@ -592,7 +597,7 @@ impl Core {
 
     fn query(self: &Rc<Self>, queue: QueueId, query: Query) -> QueryReply {
         if query == Query::Stats {
-            return QueryReply::Stats(self.stats());
+            return QueryReply::Stats(self.stats(), self.stages.counters(self.index));
         }
         let mut queues = self.queues.borrow_mut();
         let Some(owned) = queues.get_mut(&queue) else {
@@ -917,7 +922,7 @@ fn durability_of(durable: bool) -> queue::Durability {
 
 fn meta_of(envelope: &StoredEnvelope) -> MessageMeta {
     MessageMeta {
-        enqueued_at_ms: envelope.archived().published_at_ns() / 1_000_000,
+        enqueued_at_ns: envelope.archived().published_at_ns(),
         expires_at_ms: None,
         priority: 0,
     }
@@ -963,6 +968,8 @@ struct Placed {
     level: Durability,
     /// False when every target queue was deleted before the append: nothing to wait for.
     stored: bool,
+    /// The envelope's publish time, for [`Stage::Stored`].
+    published_at_ns: u64,
 }
 
 async fn appender(core: Rc<Core>) {
@@ -1031,7 +1038,13 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
     let appended = if records.is_empty() {
         None
     } else {
-        Some(core.log.append(&records).await)
+        let started = std::time::Instant::now();
+        let appended = core.log.append(&records).await;
+        core.stages
+            .record_duration(Stage::Append, started.elapsed());
+        core.stages
+            .record(Stage::AppendBatchRecords, records.len() as u64);
+        Some(appended)
     };
     drop(records);
 
@@ -1052,6 +1065,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             sequence: publish.sequence,
             level: publish.level,
             stored,
+            published_at_ns: publish.envelope.archived().published_at_ns(),
         });
     }
 
@@ -1109,14 +1123,27 @@ async fn await_levels(core: Rc<Core>, appended: Appended, placed: Vec<Placed>) {
     if core.sync_policy != SyncPolicy::Os && !levels.contains(&Durability::Fsynced) {
         levels.push(Durability::Fsynced);
     }
+    let appended_at = std::time::Instant::now();
     for level in levels {
         let reached = core.log.wait(&appended, store_level(level)).await;
         core.advance_watermarks();
+        match level {
+            Durability::Memory => {}
+            Durability::Written => core
+                .stages
+                .record_duration(Stage::Written, appended_at.elapsed()),
+            Durability::Fsynced => core
+                .stages
+                .record_duration(Stage::Fsynced, appended_at.elapsed()),
+        }
         let asked: Vec<&Placed> = placed.iter().filter(|p| p.level == level).collect();
         match reached {
             Ok(reached) => {
                 let reached = wire_level(reached);
+                let now = now_ns();
                 for publish in asked {
+                    core.stages
+                        .record_since_ns(Stage::Stored, publish.published_at_ns, now);
                     let outcome = if publish.stored {
                         Ok(reached)
                     } else {
@@ -1180,7 +1207,12 @@ async fn dispatcher(core: Rc<Core>) {
                 }
             }
             bump(&core.counters.delivered_count, deliveries.len() as u64);
+            let now = now_ns();
             for delivery in deliveries.drain(..) {
+                if delivery.delivery_count == 1 {
+                    core.stages
+                        .record_since_ns(Stage::Deliver, delivery.meta.enqueued_at_ns, now);
+                }
                 let (shard, connection, consumer) = consumer_parts(delivery.consumer);
                 let message = ShardMessage::Deliver(Deliver {
                     connection,
@@ -1221,7 +1253,11 @@ async fn settler(core: Rc<Core>) {
             };
             // Settlements are journaled at `written` by the store's background flush; nobody
             // waits for them (DESIGN.md: acks are not synced per ack).
-            let appended = match core.log.append(&[record]).await {
+            let started = std::time::Instant::now();
+            let appended = core.log.append(&[record]).await;
+            core.stages
+                .record_duration(Stage::Settle, started.elapsed());
+            let appended = match appended {
                 Ok(appended) => appended,
                 Err(error) => {
                     error!(%error, "settlement not journaled; the messages come back after a restart");

@@ -278,8 +278,25 @@ async fn owner_shard_connections_and_topic_routing_with_returns() {
         within("cancel", consumer.cancel()).await.unwrap();
     }
 
-    let stats = within("stats", control.stats()).await.unwrap();
-    assert!(!stats.is_empty(), "the broker reports counters");
+    let stats: std::collections::HashMap<String, u64> = within("stats", control.stats())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(stats["shards_count"], 2);
+    // Each shard times its own stages; the published messages went through the append, fsynced
+    // and stored stages of whichever shards own their queues, and were delivered once.
+    let stage_count = |stage: &str| -> u64 {
+        (0..2)
+            .map(|shard| stats[&format!("shard{shard}_stage_{stage}_count")])
+            .sum()
+    };
+    // One record per routed message and owner shard, however the queues were placed.
+    assert_eq!(stage_count("stored"), stats["stored_count"], "{stats:?}");
+    assert!(stats["stored_count"] >= 2, "{stats:?}");
+    assert!(stage_count("append") >= 1, "{stats:?}");
+    assert!(stage_count("fsynced") >= 1, "{stats:?}");
+    assert_eq!(stage_count("deliver"), 3, "{stats:?}");
     within("close", control.close()).await.unwrap();
 }
 
