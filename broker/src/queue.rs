@@ -73,7 +73,7 @@ mod consumer;
 mod model_tests;
 mod recovery;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -659,6 +659,32 @@ impl Queue {
         self.ready_bytes + self.unacked_bytes + message_count * MESSAGE_ENTRY_BYTES
     }
 
+    /// Points the messages whose journal records compaction copied forward at their copies, given
+    /// the moves as old offset to new offset; returns how many messages moved. Messages stay in
+    /// their lists; the caller then advances the watermarks, which already lie past every new
+    /// offset in the journal (the store syncs the copies before it reports them), so a ready
+    /// message passes the gate again before anything else touches the queue. Walks the whole
+    /// queue: compaction is rare.
+    pub fn relocate(&mut self, moved: &HashMap<u64, u64>) -> usize {
+        let mut relocated_count = 0;
+        let held = self.consumers.iter_mut().flat_map(Consumer::held_mut);
+        for message in self
+            .ready
+            .iter_mut()
+            .chain(self.waiting.iter_mut())
+            .chain(held)
+        {
+            let Some(old_offset) = message.journal_offset else {
+                continue;
+            };
+            if let Some(&new_offset) = moved.get(&old_offset) {
+                message.journal_offset = Some(new_offset);
+                relocated_count += 1;
+            }
+        }
+        relocated_count
+    }
+
     /// The sequences not delivered, in queue order (ready, then waiting for the watermark).
     pub fn ready_sequences(&self) -> impl Iterator<Item = u64> + '_ {
         self.ready.iter().chain(&self.waiting).map(|m| m.sequence)
@@ -1082,6 +1108,36 @@ mod tests {
         assert_eq!(queue.counts().ready_count, 0);
         assert_eq!(queue.counts().unacked_count, 1);
         assert_eq!(queue.ack(ALICE, 0).unwrap().journal_offset, Some(10));
+    }
+
+    /// Compaction's moves reach every message wherever it is (unacked, ready, waiting for the
+    /// watermark), so that its ack, purge or delete marks the copy dead and not the original;
+    /// messages whose records did not move keep their offsets.
+    #[test]
+    fn relocate_points_unacked_ready_and_waiting_messages_at_their_copies() {
+        let mut queue = Queue::new(Durability::Durable);
+        for journal_offset in [10, 20, 30, 40] {
+            queue
+                .enqueue(
+                    Some(journal_offset),
+                    Bytes::from_static(b"x"),
+                    MessageMeta::default(),
+                )
+                .unwrap();
+        }
+        queue.advance_watermarks(35, 35);
+        queue.add_consumer(ALICE, 1).unwrap();
+        dispatch_all(&mut queue);
+
+        let moved: HashMap<u64, u64> = [(10, 110), (30, 130), (40, 140)].into_iter().collect();
+        assert_eq!(queue.relocate(&moved), 3);
+        // The copies are synced before the store reports them, so the watermark passes them.
+        queue.advance_watermarks(150, 150);
+        queue.check_invariants();
+
+        assert_eq!(queue.ack(ALICE, 0).unwrap().journal_offset, Some(110));
+        let offsets: Vec<Option<u64>> = queue.purge().map(|d| d.journal_offset).collect();
+        assert_eq!(offsets, vec![Some(20), Some(130), Some(140)]);
     }
 
     #[test]

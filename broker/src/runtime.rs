@@ -48,6 +48,11 @@ use crate::stages::{Stage, Stages};
 /// Publishes appended to the journal in one call. Bounds the batch's record buffers.
 pub const APPEND_BATCH_MAX: usize = 1024;
 
+/// A sealed segment is compacted once at most 1 / this of its records are live (12.5%): low
+/// enough that copying rarely repeats for the same records, high enough that a handful of
+/// stuck messages never keeps a segment.
+pub const COMPACTION_LIVE_DIVISOR: u64 = 8;
+
 /// Consumers one connection may hold; their ids fit the 16 low bits of a [`ConsumerId`].
 pub const CONSUMERS_PER_CONNECTION_MAX: u32 = 4096;
 
@@ -215,6 +220,8 @@ pub struct Counters {
     pub unroutable_count: Cell<u64>,
     pub connections_accepted_count: Cell<u64>,
     pub settlement_records_count: Cell<u64>,
+    pub segments_compacted_count: Cell<u64>,
+    pub records_copied_count: Cell<u64>,
 }
 
 fn bump(counter: &Cell<u64>, by: u64) {
@@ -660,6 +667,14 @@ impl Core {
             (
                 "settlement_records_count",
                 counters.settlement_records_count.get(),
+            ),
+            (
+                "journal_segments_compacted_count",
+                counters.segments_compacted_count.get(),
+            ),
+            (
+                "journal_records_copied_count",
+                counters.records_copied_count.get(),
             ),
         ]
     }
@@ -1292,6 +1307,7 @@ async fn settler(core: Rc<Core>) {
                 None => core.dead.borrow_mut().push(settlement_offset),
             }
             release_dead(&core).await;
+            compact(&core).await;
         }
     }
 }
@@ -1320,6 +1336,67 @@ async fn release_dead(core: &Rc<Core>) {
             warn!(offset, %error, "settlement record not released");
         }
     }
+}
+
+/// Compacts at most one sealed segment: the oldest whose live records are at most
+/// 1 / [`COMPACTION_LIVE_DIVISOR`] of its records, so that a few old unacked messages cannot pin
+/// a whole segment's disk space. Copying costs at most that fraction of a segment's bytes per
+/// segment freed.
+///
+/// Runs in the settler, between settlement batches, and that placement is what keeps it correct:
+/// the settler is the only task that journals settlements and marks records dead, so no
+/// settlement record can land between the store's scan of live records and their copies (a
+/// settlement written before a copy would let the copy bring an acked message back on replay).
+/// Acks that arrive meanwhile wait in `settled` with their old offsets, which are remapped here
+/// before the settler journals them after the copies.
+async fn compact(core: &Rc<Core>) {
+    let Some(span) = core.log.sealed_segment_spans().into_iter().find(|span| {
+        span.live_count > 0 && span.live_count * COMPACTION_LIVE_DIVISOR <= span.records_count()
+    }) else {
+        return;
+    };
+    let moved = match core.log.copy_forward(span.base_offset).await {
+        Ok(moved) => moved,
+        Err(error) => {
+            warn!(segment = span.base_offset, %error, "compaction failed; the segment stays");
+            return;
+        }
+    };
+    let moved: HashMap<u64, u64> = moved.into_iter().collect();
+
+    let mut relocated_count = 0;
+    for owned in core.queues.borrow_mut().values_mut() {
+        relocated_count += owned.queue.relocate(&moved);
+    }
+    for (_, offset) in core.settled.borrow_mut().iter_mut() {
+        if let Some(new_offset) = offset.and_then(|old| moved.get(&old)) {
+            *offset = Some(*new_offset);
+        }
+    }
+    {
+        let mut references = core.references.borrow_mut();
+        for (old_offset, new_offset) in &moved {
+            if let Some(count) = references.remove(old_offset) {
+                references.insert(*new_offset, count);
+            }
+        }
+    }
+    for (_, settlement) in core.settlement_watch.borrow_mut().iter_mut() {
+        if let Some(new_offset) = moved.get(settlement) {
+            *settlement = *new_offset;
+        }
+    }
+    core.advance_watermarks();
+    bump(&core.counters.segments_compacted_count, 1);
+    bump(&core.counters.records_copied_count, moved.len() as u64);
+    debug!(
+        shard = core.index,
+        segment = span.base_offset,
+        records = span.records_count(),
+        copied = moved.len(),
+        relocated_count,
+        "segment compacted"
+    );
 }
 
 /// Logs a replay's figures.

@@ -46,5 +46,5 @@ pub mod segment;
 pub use error::StoreError;
 pub use log::{
     Appended, Level, Log, Options, ReadLimits, Record, RecoveryReport, Retention, RetentionReport,
-    Stats, StoredRecord, SyncPolicy, Watermark,
+    SegmentSpan, Stats, StoredRecord, SyncPolicy, Watermark,
 };

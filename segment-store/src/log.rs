@@ -243,6 +243,21 @@ pub struct Stats {
     pub segments_deleted_count: u64,
 }
 
+/// A sealed segment's extent and live records, from [`Log::sealed_segment_spans`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentSpan {
+    pub base_offset: u64,
+    /// One past its last record.
+    pub end_offset: u64,
+    pub live_count: u64,
+}
+
+impl SegmentSpan {
+    pub fn records_count(&self) -> u64 {
+        self.end_offset - self.base_offset
+    }
+}
+
 /// Retention rules for streams; each deletes whole sealed segments from the front.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Retention {
@@ -747,6 +762,21 @@ impl<S: Storage> Log<S> {
             .sealed
             .values()
             .map(|segment| (segment.base_offset, segment.live_count()))
+            .collect()
+    }
+
+    /// The sealed segments, oldest first, with the offsets they span and how many of their records
+    /// are live: what a caller needs to choose segments for [`Log::copy_forward`].
+    pub fn sealed_segment_spans(&self) -> Vec<SegmentSpan> {
+        let state = self.shared.state.borrow();
+        state
+            .sealed
+            .values()
+            .map(|segment| SegmentSpan {
+                base_offset: segment.base_offset,
+                end_offset: segment.end_offset(),
+                live_count: segment.live_count(),
+            })
             .collect()
     }
 

@@ -50,6 +50,14 @@ impl Consumer {
         }
     }
 
+    /// The messages this consumer holds unacked.
+    pub(super) fn held_mut(&mut self) -> impl Iterator<Item = &mut Message> {
+        self.slots.iter_mut().filter_map(|slot| match slot {
+            Slot::Held(message) => Some(message),
+            Slot::Settled { .. } => None,
+        })
+    }
+
     pub(super) fn has_credit(&self) -> bool {
         self.held_count < self.prefetch_count
     }
