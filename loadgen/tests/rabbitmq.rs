@@ -71,6 +71,8 @@ fn run_loadgen(label: &str, broker: &Broker, arguments: &[&str]) -> Value {
     let pid = broker.pid.to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_ruuster-loadgen"))
         .args([
+            "--driver",
+            "amqp",
             "--amqp-uri",
             &uri,
             "--broker-pid",

@@ -1,0 +1,259 @@
+//! Runs the measurement core with the Ruuster driver against the real broker, started in this
+//! process with two shards on an ephemeral loopback port, and checks counts, not speed: every
+//! message published is confirmed at the requested level and delivered once, the broker's own
+//! counters agree with the loadgen's, and each connection landed on the shard that owns its
+//! queues.
+//!
+//! It catches a driver that loses, duplicates or misattributes confirms or deliveries, maps
+//! durability wrongly, acks deliveries it has not received (checked by hand: passing the core's
+//! cumulative acks through on a connection shared by two consumers fails here, as the broker
+//! closes the connection with 500 unknown-delivery-tag when the second consumer acks what the
+//! first one's ack already settled), or places connections on the wrong shard. It cannot catch a measurement that is
+//! slow or skewed: timing is what the benchmark reports, not what a test asserts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use clap::Parser;
+
+use ruuster_broker::config::Config;
+use ruuster_broker::server::Broker;
+use ruuster_loadgen::config::{Cli, RunConfig};
+use ruuster_loadgen::driver::Role;
+use ruuster_loadgen::driver::ruuster::RuusterDriver;
+use ruuster_loadgen::metrics::Metrics;
+use ruuster_loadgen::run::{self, RunOutcome};
+
+/// Longest a whole run may take before the test fails instead of hanging; a run of this size
+/// takes well under a second on an idle machine.
+const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A broker in this process, stopped (and its data directory released) when dropped.
+struct TestBroker {
+    broker: Option<Broker>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl TestBroker {
+    /// Starts a 2-shard broker with its data under `target/`. Brokers in this process run one at
+    /// a time: each pins two shards, and several at once oversubscribe a 2-CPU machine.
+    fn start(name: &str) -> TestBroker {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("loadgen-ruuster")
+            .join(name);
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let config = Config {
+            data_dir,
+            listen: "127.0.0.1:0".into(),
+            shards: Some(2),
+            // Shards share the CPUs this test may use, so a 1-CPU machine still runs 2 shards.
+            cpus: None,
+            segment_bytes: 4 << 20,
+            ..Config::default()
+        };
+        TestBroker {
+            broker: Some(Broker::start(config).expect("the broker starts")),
+            _serial: serial,
+        }
+    }
+
+    fn address(&self) -> String {
+        self.broker
+            .as_ref()
+            .expect("running")
+            .client_addr()
+            .to_string()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.shutdown_handle().shutdown();
+            let _ = broker.wait();
+        }
+    }
+}
+
+async fn run_against(broker: &TestBroker, arguments: &[&str]) -> RunOutcome {
+    let address = broker.address();
+    let mut all = vec!["ruuster-loadgen", "--ruuster-address", &address];
+    all.extend_from_slice(arguments);
+    let config = RunConfig::resolve(&Cli::try_parse_from(all).expect("flags parse"))
+        .expect("the configuration is valid");
+    let driver = Arc::new(RuusterDriver::new(config.ruuster.clone()));
+    tokio::time::timeout(RUN_DEADLINE, run::run(driver, &config))
+        .await
+        .expect("the run finishes before its deadline")
+        .expect("the run completes")
+}
+
+fn count(outcome: &RunOutcome, counter: fn(&Metrics) -> &AtomicU64) -> u64 {
+    Metrics::load(counter(&outcome.metrics))
+}
+
+fn broker_counters(outcome: &RunOutcome) -> HashMap<String, f64> {
+    assert_eq!(outcome.counters_error, None);
+    outcome
+        .counters
+        .iter()
+        .map(|counter| (counter.name.clone(), counter.value))
+        .collect()
+}
+
+/// Every message of `total` published, confirmed, delivered `routing_factor` times, no errors.
+fn assert_clean(outcome: &RunOutcome, total: u64, routing_factor: u64) {
+    assert!(
+        outcome.drained,
+        "errors: {:?}",
+        outcome.metrics.error_samples()
+    );
+    assert_eq!(count(outcome, |m| &m.error_count), 0);
+    assert_eq!(count(outcome, |m| &m.published_count), total);
+    assert_eq!(count(outcome, |m| &m.confirmed_count), total);
+    assert_eq!(count(outcome, |m| &m.nacked_count), 0);
+    assert_eq!(
+        count(outcome, |m| &m.delivered_count),
+        total * routing_factor
+    );
+    assert_eq!(count(outcome, |m| &m.malformed_count), 0);
+    assert_eq!(count(outcome, |m| &m.redelivered_count), 0);
+}
+
+/// Two producers and two consumers over four queues at `written`: consumer 0 reads queues 0 and
+/// 2 and consumer 1 reads 1 and 3 on one shared connection, so acks must not be cumulative
+/// across subscriptions. Then one producer fans out to three durable queues at `fsynced`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees() {
+    let broker = TestBroker::start("counts");
+
+    let total = 4_000;
+    let direct = run_against(
+        &broker,
+        &[
+            "--count",
+            "4000",
+            "--queues",
+            "4",
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--consumer-connections",
+            "1",
+            "--durability",
+            "written",
+            "--name-prefix",
+            "direct",
+        ],
+    )
+    .await;
+    assert_clean(&direct, total, 1);
+    let counters = broker_counters(&direct);
+    assert_eq!(counters["published_count"], total as f64);
+    assert_eq!(counters["stored_count"], total as f64);
+    assert_eq!(counters["delivered_count"], total as f64);
+    assert_eq!(counters["acked_count"], total as f64);
+    assert_eq!(counters["unroutable_count"], 0.0);
+    assert_eq!(counters["client_returned_count"], 0.0);
+    let at_or_above_written = counters["client_confirmed_at_written_count"]
+        + counters["client_confirmed_at_fsynced_count"];
+    assert_eq!(at_or_above_written, total as f64);
+    assert_eq!(counters["client_connections_off_owner_shard_count"], 0.0);
+    // Four queues over two shards: the broker places new queues on the emptier shard.
+    assert_eq!(counters["topology_queues_owned_by_shard0_count"], 2.0);
+    assert_eq!(counters["topology_queues_owned_by_shard1_count"], 2.0);
+    assert!(counters.contains_key("shard0_stage_stored_count"));
+
+    let control_and_workers = 1 + 2 + 1;
+    assert_eq!(direct.placements.len(), control_and_workers);
+    for placement in &direct.placements {
+        assert!(
+            placement.shard.is_some_and(|shard| shard < 2),
+            "{placement:?}"
+        );
+    }
+    let producers = direct
+        .placements
+        .iter()
+        .filter(|placement| placement.role == Role::Producer)
+        .count();
+    assert_eq!(producers, 2);
+
+    let fanout_total = 1_500;
+    let fanout = run_against(
+        &broker,
+        &[
+            "--count",
+            "1500",
+            "--exchange-type",
+            "fanout",
+            "--queues",
+            "3",
+            "--consumers",
+            "3",
+            "--durability",
+            "fsynced",
+            "--name-prefix",
+            "fanout",
+        ],
+    )
+    .await;
+    assert_clean(&fanout, fanout_total, 3);
+    let counters = broker_counters(&fanout);
+    // The broker counts a publish, and stores a record, once per shard owning a target queue.
+    let owner_shards = (0..2)
+        .filter(|shard| {
+            let name = format!("topology_queues_owned_by_shard{shard}_count");
+            counters.get(&name).is_some_and(|&queues| queues > 0.0)
+        })
+        .count();
+    assert!(owner_shards >= 1);
+    assert_eq!(
+        counters["published_count"],
+        (fanout_total * owner_shards as u64) as f64
+    );
+    assert_eq!(counters["stored_count"], counters["published_count"]);
+    assert_eq!(counters["delivered_count"], (fanout_total * 3) as f64);
+    assert_eq!(
+        counters["client_confirmed_at_fsynced_count"],
+        fanout_total as f64
+    );
+    assert!(counters["journal_fdatasyncs_count"] >= 1.0);
+    assert!(counters["journal_records_per_fdatasync"] >= 1.0);
+    assert_eq!(counters["client_connections_off_owner_shard_count"], 0.0);
+}
+
+/// At a fixed rate with one message per publish (W4's shape, shortened), every paced message
+/// arrives, and `--ruuster-any-shard` keeps connections where they were accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_run_delivers_every_message() {
+    let broker = TestBroker::start("paced");
+    let outcome = run_against(
+        &broker,
+        &[
+            "--workload",
+            "W4",
+            "--rate",
+            "2000",
+            "--duration-secs",
+            "0.5",
+            "--ruuster-any-shard",
+            "--name-prefix",
+            "paced",
+        ],
+    )
+    .await;
+    let published = count(&outcome, |m| &m.published_count);
+    assert!(published > 0);
+    assert_clean(&outcome, published, 1);
+    let pacer = outcome.pacer.as_ref().expect("a paced run has a pacer");
+    assert_eq!(pacer.released_count, published);
+}
