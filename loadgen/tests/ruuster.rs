@@ -5,11 +5,13 @@
 //! queues.
 //!
 //! It catches a driver that loses, duplicates or misattributes confirms or deliveries, maps
-//! durability wrongly, acks deliveries it has not received (checked by hand: passing the core's
-//! cumulative acks through on a connection shared by two consumers fails here, as the broker
-//! closes the connection with 500 unknown-delivery-tag when the second consumer acks what the
-//! first one's ack already settled), or places connections on the wrong shard. It cannot catch a measurement that is
-//! slow or skewed: timing is what the benchmark reports, not what a test asserts.
+//! durability wrongly, acks deliveries it has not received, or places connections on the wrong
+//! shard. Acks were checked by hand: passing the core's cumulative acks through on a connection
+//! shared by two consumers, or without restoring tag order after merging one consumer's
+//! subscriptions, fails here, as the broker closes the connection with 500 unknown-delivery-tag
+//! when a later ack names a tag that an earlier cumulative ack already settled. It cannot catch a
+//! measurement that is slow or skewed: timing is what the benchmark reports, not what a test
+//! asserts.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -128,8 +130,10 @@ fn assert_clean(outcome: &RunOutcome, total: u64, routing_factor: u64) {
 }
 
 /// Two producers and two consumers over four queues at `written`: consumer 0 reads queues 0 and
-/// 2 and consumer 1 reads 1 and 3 on one shared connection, so acks must not be cumulative
-/// across subscriptions. Then one producer fans out to three durable queues at `fsynced`.
+/// 2 and consumer 1 reads 1 and 3 on one shared connection, so neither may ack cumulatively.
+/// Then one producer fans out to three durable queues at `fsynced`, read by one consumer on a
+/// connection of its own, whose merged deliveries must reach the core in tag order for its
+/// cumulative acks to be right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees() {
     let broker = TestBroker::start("counts");
@@ -198,7 +202,7 @@ async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees() {
             "--queues",
             "3",
             "--consumers",
-            "3",
+            "1",
             "--durability",
             "fsynced",
             "--name-prefix",

@@ -11,6 +11,7 @@
 //! RabbitMQ.
 
 pub mod amqp;
+pub mod reorder;
 pub mod ruuster;
 
 use std::fmt;

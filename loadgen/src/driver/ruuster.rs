@@ -15,12 +15,14 @@
 //! back as a return (counted in `client_returned_count`).
 //!
 //! Acknowledging: delivery tags are per connection, and a cumulative ack settles every earlier
-//! delivery on the connection, including deliveries of other subscriptions that the core has not
-//! received yet. Their own acks then name settled tags, which the broker answers by closing the
-//! connection (500 unknown-delivery-tag), and the broker may send more than a subscription's
-//! prefetch. So a cumulative ack is passed through only when the consumer is the connection's only
-//! subscription; otherwise the driver acks each received delivery up to the tag, one frame each
-//! (the client's writer still sends them in one write).
+//! delivery on the connection, including ones the core has not received yet. Their own acks then
+//! name settled tags, which the broker answers by closing the connection (500
+//! unknown-delivery-tag). A consumer whose subscriptions are all of its connection's therefore
+//! gets its deliveries in tag order (put back in order after merging several subscriptions, see
+//! [`super::reorder`]) and its cumulative acks pass through. A consumer that shares its connection
+//! with other consumers (`--consumer-connections` below `--consumers`) never sees their tags, so
+//! the driver acks each delivery it received up to the tag, one frame each (the client's writer
+//! still sends them in one write).
 //!
 //! Counters: the broker's stats are read after the declare and again after the drain. Totals
 //! (published, stored, delivered, acked, fdatasyncs, synced records, ...) are reported as the
@@ -41,6 +43,7 @@ use ruuster_client::{
 };
 use tokio::sync::mpsc;
 
+use super::reorder::TagOrder;
 use super::{
     BrokerCounter, ConfirmOutcome, ConfirmRange, ConfirmSink, ConnectionPlacement, ConnectionSpec,
     Consumer, ConsumerSpec, Delivery, Driver, DriverError, Durability, ExchangeKind, Producer,
@@ -375,15 +378,16 @@ impl Driver for RuusterDriver {
                 .map_err(failed("consume"))?;
             subscriptions.push(subscription);
         }
+        let own_subscriptions = subscriptions.len();
         connection
             .subscriptions
-            .fetch_add(subscriptions.len(), Ordering::Relaxed);
+            .fetch_add(own_subscriptions, Ordering::Relaxed);
 
+        let unacked_max = usize::from(spec.prefetch).saturating_mul(own_subscriptions);
         let source = if subscriptions.len() == 1 {
             DeliverySource::Single(subscriptions.pop().expect("one subscription"))
         } else {
-            let capacity = (usize::from(spec.prefetch) * subscriptions.len())
-                .clamp(1, MERGED_DELIVERY_BUFFER_MAX);
+            let capacity = unacked_max.clamp(1, MERGED_DELIVERY_BUFFER_MAX);
             let (sender, receiver) = mpsc::channel(capacity);
             for subscription in subscriptions {
                 tokio::spawn(forward(subscription, sender.clone()));
@@ -392,8 +396,11 @@ impl Driver for RuusterDriver {
         };
         Ok(RuusterConsumer {
             connection: connection.connection.clone(),
-            subscriptions: connection.subscriptions.clone(),
+            connection_subscriptions: connection.subscriptions.clone(),
+            own_subscriptions,
+            owns_connection: None,
             source,
+            order: TagOrder::new(unacked_max),
             unacked_tags: VecDeque::new(),
         })
     }
@@ -627,25 +634,53 @@ enum DeliverySource {
 #[derive(Debug)]
 pub struct RuusterConsumer {
     connection: Connection,
-    subscriptions: Arc<AtomicUsize>,
+    /// Subscriptions on the connection, of every consumer on it; and this consumer's.
+    connection_subscriptions: Arc<AtomicUsize>,
+    own_subscriptions: usize,
+    /// Whether every subscription of the connection is this consumer's, so that every tag on it
+    /// comes here. Decided at the first delivery: the core opens every consumer before any runs.
+    owns_connection: Option<bool>,
     source: DeliverySource,
-    /// Tags received and not yet acknowledged, in the order received. At most the prefetch of
-    /// each subscription, since the broker sends no more unacknowledged deliveries than that.
+    /// Merged deliveries waiting for an earlier tag, when the connection is this consumer's.
+    order: TagOrder<ruuster_client::Delivery>,
+    /// When the connection is shared: tags received and not yet acknowledged, in the order
+    /// received; at most the prefetch of each subscription, as the broker sends no more.
     unacked_tags: VecDeque<u64>,
 }
 
 impl Consumer for RuusterConsumer {
     async fn next_delivery(&mut self) -> Result<Option<Delivery>, DriverError> {
+        let owns_connection = *self.owns_connection.get_or_insert_with(|| {
+            self.connection_subscriptions.load(Ordering::Relaxed) == self.own_subscriptions
+        });
         let next = match &mut self.source {
             DeliverySource::Single(subscription) => subscription.recv().await,
-            DeliverySource::Merged(receiver) => match receiver.recv().await {
+            DeliverySource::Merged(receiver) if !owns_connection => match receiver.recv().await {
                 Some(next) => next,
                 None => Err(ConsumerEnd::Cancelled),
+            },
+            DeliverySource::Merged(receiver) => loop {
+                if let Some(delivery) = self.order.pop() {
+                    break Ok(delivery);
+                }
+                match receiver.recv().await {
+                    Some(Ok(delivery)) => self
+                        .order
+                        .push(delivery.delivery_tag, delivery)
+                        .map_err(|detail| DriverError::Protocol {
+                            operation: "deliver",
+                            detail,
+                        })?,
+                    Some(Err(end)) => break Err(end),
+                    None => break Err(ConsumerEnd::Cancelled),
+                }
             },
         };
         match next {
             Ok(delivery) => {
-                self.unacked_tags.push_back(delivery.delivery_tag);
+                if !owns_connection {
+                    self.unacked_tags.push_back(delivery.delivery_tag);
+                }
                 Ok(Some(Delivery {
                     payload: delivery.body.payload().to_vec(),
                     tag: delivery.delivery_tag,
@@ -662,6 +697,9 @@ impl Consumer for RuusterConsumer {
     }
 
     async fn ack(&mut self, tag: u64, multiple: bool) -> Result<(), DriverError> {
+        if self.owns_connection == Some(true) {
+            return self.connection.ack(tag, multiple).map_err(failed("ack"));
+        }
         let position = self
             .unacked_tags
             .iter()
@@ -675,10 +713,6 @@ impl Consumer for RuusterConsumer {
         if !multiple {
             self.unacked_tags.remove(position);
             return self.connection.ack(tag, false).map_err(failed("ack"));
-        }
-        if self.subscriptions.load(Ordering::Relaxed) == 1 {
-            self.unacked_tags.drain(..=position);
-            return self.connection.ack(tag, true).map_err(failed("ack"));
         }
         for unacked in self.unacked_tags.drain(..=position) {
             self.connection.ack(unacked, false).map_err(failed("ack"))?;
