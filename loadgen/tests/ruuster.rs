@@ -23,11 +23,15 @@ use clap::Parser;
 
 use ruuster_broker::config::Config;
 use ruuster_broker::server::Broker;
-use ruuster_loadgen::config::{Cli, RunConfig};
-use ruuster_loadgen::driver::Role;
+use ruuster_loadgen::config::{Cli, RunConfig, RuusterConfig};
 use ruuster_loadgen::driver::ruuster::RuusterDriver;
+use ruuster_loadgen::driver::{
+    ConfirmSink, ConnectionSpec, Driver, Durability, ExchangeKind, OutgoingMessage, Producer,
+    ProducerSpec, PublishBatch, QueueSpec, Role, Topology,
+};
 use ruuster_loadgen::metrics::Metrics;
 use ruuster_loadgen::run::{self, RunOutcome};
+use ruuster_loadgen::window::ProducerWindow;
 
 /// Longest a whole run may take before the test fails instead of hanging; a run of this size
 /// takes well under a second on an idle machine.
@@ -260,4 +264,113 @@ async fn a_paced_run_delivers_every_message() {
     assert_clean(&outcome, published, 1);
     let pacer = outcome.pacer.as_ref().expect("a paced run has a pacer");
     assert_eq!(pacer.released_count, published);
+}
+
+/// A publish to a routing key with no binding comes back: its confirm range is a nack (an error
+/// in the report) and its return is counted, on the driver's side and the broker's. The core
+/// never publishes to an unbound key, so this drives the driver directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_publish_is_a_nack_and_its_return_is_counted() {
+    let broker = TestBroker::start("unroutable");
+    ruuster_loadgen::clock::init();
+    let driver = RuusterDriver::new(RuusterConfig {
+        address: broker.address(),
+        any_shard: false,
+    });
+    let topology = Topology {
+        exchange_name: "returns-exchange".into(),
+        exchange_kind: ExchangeKind::Direct,
+        queues: vec![QueueSpec {
+            name: "returns-q0".into(),
+            binding_key: "bound".into(),
+        }],
+        durable: false,
+    };
+    let spec = ConnectionSpec {
+        role: Role::Producer,
+        index: 0,
+        queues: vec!["returns-q0".into()],
+    };
+    let control_spec = ConnectionSpec {
+        role: Role::Control,
+        ..spec.clone()
+    };
+    let connection = within("connect", driver.connect(&control_spec))
+        .await
+        .unwrap();
+    within("declare", driver.declare(&connection, &topology))
+        .await
+        .unwrap();
+
+    let metrics = Arc::new(Metrics::default());
+    let window = Arc::new(ProducerWindow::new(4));
+    let sink = ConfirmSink::new(window.clone(), metrics.clone());
+    let producer_spec = ProducerSpec {
+        index: 0,
+        exchange_name: topology.exchange_name.clone(),
+        durability: Durability::Written,
+        confirms: true,
+    };
+    let mut producer = driver
+        .open_producer(&connection, &producer_spec, sink)
+        .await
+        .unwrap();
+    window.reserve(2).await;
+    let now_ns = ruuster_loadgen::clock::now_ns();
+    window.record_sent(0, &[(now_ns, now_ns), (now_ns, now_ns)]);
+    let payload = [0u8; 32];
+    let messages = [
+        OutgoingMessage {
+            routing_key: "bound",
+            payload: &payload,
+        },
+        OutgoingMessage {
+            routing_key: "nowhere",
+            payload: &payload,
+        },
+    ];
+    producer
+        .publish(PublishBatch {
+            first_sequence: 0,
+            messages: &messages,
+        })
+        .await
+        .unwrap();
+
+    let settled = async {
+        while window.outstanding_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within("the confirms", settled).await;
+    assert_eq!(count_of(&metrics.confirmed_count), 1);
+    assert_eq!(count_of(&metrics.nacked_count), 1);
+    assert_eq!(count_of(&metrics.error_count), 1);
+    assert!(
+        metrics.error_samples()[0].contains("unroutable"),
+        "{:?}",
+        metrics.error_samples()
+    );
+
+    let counters: HashMap<String, f64> = driver
+        .counters(&connection, &topology)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|counter| (counter.name, counter.value))
+        .collect();
+    assert_eq!(counters["client_returned_count"], 1.0);
+    assert_eq!(counters["unroutable_count"], 1.0);
+    assert_eq!(counters["client_confirmed_at_written_count"], 1.0);
+    driver.delete(&connection, &topology).await.unwrap();
+}
+
+fn count_of(counter: &AtomicU64) -> u64 {
+    Metrics::load(counter)
+}
+
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(RUN_DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {RUN_DEADLINE:?}"))
 }

@@ -229,16 +229,18 @@ impl Driver for RuusterDriver {
                 .and_then(|shard| self.shard_address(shard)),
             _ => None,
         };
-        let connected = match (spec.queues.as_slice(), shard_address) {
-            (_, Some(address)) => Client::connect(&self.options(address)).await,
-            ([queue], None) if placed => {
-                let options = self.options(self.config.address.clone());
+        let address = shard_address
+            .clone()
+            .unwrap_or_else(|| self.config.address.clone());
+        let options = self.options(address.clone());
+        let connected = match spec.queues.as_slice() {
+            [queue] if placed && shard_address.is_none() => {
                 Client::connect_to_queue_owner(&options, queue).await
             }
-            _ => Client::connect(&self.options(self.config.address.clone())).await,
+            _ => Client::connect(&options).await,
         };
         let connection = connected.map_err(|error| DriverError::Connect {
-            address: self.config.address.clone(),
+            address,
             detail: error.to_string(),
         })?;
         if let Some(owner) = self.owner_of(&spec.queues)
