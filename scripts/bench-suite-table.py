@@ -215,8 +215,15 @@ def main(folder):
     for run in runs:
         folder_name = os.path.basename(run["folder"]) if run["folder"] != "-" else "–"
         link = f"[{folder_name}](../{folder_name}/)" if run["report"] else folder_name
+        kept_log = f"broker-start-failed-{run['system']}-{run['run']}-{run['placement']}.log"
+        if os.path.isfile(os.path.join(folder, kept_log)):
+            link = f"[broker log]({kept_log})"
         print(f"| {run['system']} | {run['placement']} | {run['run']} | {link} "
               f"| {run['exit_status']} |")
+    if any(run["exit_status"] == "broker-start-failed" for run in runs):
+        print("\nA broker did not become ready for the runs marked broker-start-failed. For "
+              "Ruuster the broker's log is kept beside this file; compare the README's known "
+              "issue of a shard stalled in its journal's first checkpoint write.")
     problems = [(run, run["report"]["results"]["error_samples"]) for run in runs
                 if run["report"] and run["report"]["results"]["error_samples"]]
     if problems:

@@ -35,6 +35,9 @@
 #   OVERWRITE=1   replace folders of the same date and names
 #   RUUSTER_PORT  Ruuster client port (default 5790; shard ports follow it)
 #   AMQP_PORT     RabbitMQ port (default 5672)
+#   BROKER_START_TIMEOUT_S  how long a Ruuster start may take (default 60); a broker that does
+#                 not log `listening` by then is stopped, its log kept in the suite folder, and
+#                 the run recorded as broker-start-failed
 # A whole suite is 15 runs per placement, each DURATION_S plus a few seconds of set-up and drain:
 # about 7 minutes for both placements on a quiet machine, up to about 22 when every load wait
 # runs out.
@@ -52,7 +55,11 @@ load_wait_s="${LOAD_WAIT_S:-30}"
 suite_tag="${SUITE_TAG:-}"
 ruuster_port="${RUUSTER_PORT:-5790}"
 amqp_port="${AMQP_PORT:-5672}"
-broker_start_timeout_s=60
+broker_start_timeout_s="${BROKER_START_TIMEOUT_S:-60}"
+# A killed broker's listening sockets can outlive it while its io_uring finishes the I/O it had in
+# flight (seen after a shard stalled in a journal write), so a start first waits this long for
+# the ports to be free.
+ports_free_wait_s=60
 broker_stop_timeout_s=30
 
 loadgen="$repo_root/target/release/ruuster-loadgen"
@@ -106,6 +113,9 @@ rabbitmq_flags() {
     esac
 }
 
+if port_open "$ruuster_port"; then
+    die "127.0.0.1:$ruuster_port is taken; stop what holds it or choose RUUSTER_PORT"
+fi
 if [[ -e "$suite_dir" && "${OVERWRITE:-0}" != 1 ]]; then
     die "$suite_dir exists; set SUITE_TAG or OVERWRITE=1"
 fi
@@ -171,7 +181,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# True when no port of a Ruuster with $1 shards accepts connections.
+ruuster_ports_free() {
+    local port
+    for ((port = ruuster_port; port <= ruuster_port + $1; port++)); do
+        if port_open "$port"; then
+            return 1
+        fi
+    done
+}
+
 # Starts a fresh Ruuster for one run and sets ruuster_pid; $1 names the run's scratch folder.
+# Ready means the broker logged `listening`, which it does once every shard serves: its ports
+# accept connections (into the kernel's backlog) before that.
 start_ruuster() {
     local name="$1"
     local run_scratch="$scratch/$name"
@@ -180,11 +202,13 @@ start_ruuster() {
         default) shard_count=2 ;;
         pinned) shard_count=1 ; launcher=(taskset -c 0) ; extra=(--cpus 0) ;;
     esac
-    local last_shard_port=$((ruuster_port + shard_count))
-    for port in "$ruuster_port" "$last_shard_port"; do
-        if port_open "$port"; then
-            die "127.0.0.1:$port is taken; choose RUUSTER_PORT"
+    local deadline=$((SECONDS + ports_free_wait_s))
+    until ruuster_ports_free "$shard_count"; do
+        if ((SECONDS >= deadline)); then
+            log "ports from 127.0.0.1:$ruuster_port still taken after ${ports_free_wait_s}s"
+            return 1
         fi
+        sleep 1
     done
     rm -rf "$run_scratch"
     mkdir -p "$run_scratch"
@@ -192,18 +216,20 @@ start_ruuster() {
         --listen "127.0.0.1:$ruuster_port" --shards "$shard_count" "${extra[@]}" \
         >"$run_scratch/ruuster.log" 2>&1 </dev/null &
     ruuster_pid=$!
-    local deadline=$((SECONDS + broker_start_timeout_s))
-    until port_open "$ruuster_port" && port_open "$last_shard_port"; do
+    deadline=$((SECONDS + broker_start_timeout_s))
+    until grep -q 'ruuster_broker::server: listening' "$run_scratch/ruuster.log"; do
         if ! kill -0 "$ruuster_pid" 2>/dev/null; then
             wait "$ruuster_pid" 2>/dev/null || true
             ruuster_pid=""
             log "ruuster exited during start; see $run_scratch/ruuster.log"
+            cp "$run_scratch/ruuster.log" "$suite_dir/broker-start-failed-$name.log"
             return 1
         fi
         if ((SECONDS >= deadline)); then
-            log "ruuster not listening after ${broker_start_timeout_s}s; see" \
-                "$run_scratch/ruuster.log"
+            log "ruuster not ready after ${broker_start_timeout_s}s; its log is kept as" \
+                "$suite_dir/broker-start-failed-$name.log"
             stop_ruuster
+            cp "$run_scratch/ruuster.log" "$suite_dir/broker-start-failed-$name.log"
             return 1
         fi
         sleep 0.2
@@ -269,10 +295,17 @@ for placement in $placements; do
                 cpus=""
                 [[ "$placement" == pinned ]] && cpus=0
                 AMQP_PORT="$amqp_port" scripts/peers/rabbitmq.sh stop
-                rabbitmq_pid="$(AMQP_PORT="$amqp_port" BROKER_CPUS="$cpus" \
-                    scripts/peers/rabbitmq.sh start | tail -n 1)"
                 rabbitmq_started=1
+                if ! rabbitmq_pid="$(AMQP_PORT="$amqp_port" BROKER_CPUS="$cpus" \
+                    scripts/peers/rabbitmq.sh start | tail -n 1)"; then
+                    rabbitmq_pid=""
+                fi
                 for run in "${runs[@]}"; do
+                    if [[ ! "$rabbitmq_pid" =~ ^[0-9]+$ ]]; then
+                        printf '%s\t%s\t%s\t-\tbroker-start-failed\t%s\n' "$system" \
+                            "$placement" "$run" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$runs_file"
+                        continue
+                    fi
                     flags="$(rabbitmq_flags "$run")"
                     # shellcheck disable=SC2086 # the flags are words on purpose
                     run_loadgen rabbitmq "$run" "$rabbitmq_pid" \
