@@ -38,9 +38,9 @@
 #   BROKER_START_TIMEOUT_S  how long a Ruuster start may take (default 60); a broker that does
 #                 not log `listening` by then is stopped, its log kept in the suite folder, and
 #                 the run recorded as broker-start-failed
-# A whole suite is 15 runs per placement, each DURATION_S plus a few seconds of set-up and drain:
-# about 7 minutes for both placements on a quiet machine, up to about 22 when every load wait
-# runs out.
+# A whole suite is 15 runs per placement, each DURATION_S plus a few seconds of set-up and drain
+# and up to LOAD_WAIT_S of waiting: with DURATION_S=5 LOAD_WAIT_S=10 on a loaded machine (every
+# wait ran out) it took 8.5 minutes; at the defaults, at most about 22.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
