@@ -61,6 +61,7 @@ impl<T> TagOrder<T> {
 mod tests {
     use super::*;
 
+    /// Catches a delivery handed on before an earlier tag, or lost while held.
     #[test]
     fn deliveries_come_out_in_tag_order_whatever_order_they_arrive_in() {
         let mut order = TagOrder::new(8);
@@ -74,6 +75,7 @@ mod tests {
         assert_eq!(out, vec![10, 20, 30, 40, 50, 60]);
     }
 
+    /// Catches a hang or unbounded growth when tags are not what a channel of one's own gives.
     #[test]
     fn a_repeated_tag_and_a_gap_that_never_fills_are_errors() {
         let mut order = TagOrder::new(2);

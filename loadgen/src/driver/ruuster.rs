@@ -727,6 +727,8 @@ impl Consumer for RuusterConsumer {
 mod tests {
     use super::*;
 
+    /// Catches a wrong mapping of confirm statuses to acks and nacks; the broker's side is
+    /// `tests/ruuster.rs`.
     #[test]
     fn a_confirm_below_the_requested_level_is_a_nack_and_above_it_an_ack() {
         let written = ConfirmStatus::Stored(ruuster_client::Durability::Written);
@@ -751,6 +753,7 @@ mod tests {
         assert!(reason.contains("301"), "{reason}");
     }
 
+    /// Catches a level mapped to another one in either direction.
     #[test]
     fn durability_levels_convert_both_ways() {
         for level in [Durability::Memory, Durability::Written, Durability::Fsynced] {
@@ -758,6 +761,8 @@ mod tests {
         }
     }
 
+    /// Catches a wrong choice of shard for a connection serving several queues, and a tie broken
+    /// differently from run to run (a `HashMap` order would do that).
     #[test]
     fn a_connection_over_many_queues_goes_to_the_shard_owning_most_of_them() {
         let owners: HashMap<String, u16> = [("a", 1), ("b", 0), ("c", 1), ("d", 0), ("e", 1)]
@@ -771,6 +776,9 @@ mod tests {
         assert_eq!(majority_owner(&owners, &["z".to_owned()]), None);
     }
 
+    /// Catches a total reported since the broker's start instead of over the run, a gauge
+    /// differenced, or records per fdatasync computed from the wrong figures; the names the
+    /// broker really sends are checked in `tests/ruuster.rs`.
     #[test]
     fn totals_are_differences_gauges_are_final_and_records_per_sync_is_derived() {
         let before: HashMap<String, u64> = [
