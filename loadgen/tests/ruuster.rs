@@ -175,6 +175,7 @@ async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees() {
         + counters["client_confirmed_at_fsynced_count"];
     assert_eq!(at_or_above_written, total as f64);
     assert_eq!(counters["client_connections_off_owner_shard_count"], 0.0);
+    assert_eq!(counters["client_blocked_notices_count"], 0.0);
     // Four queues over two shards: the broker places new queues on the emptier shard.
     assert_eq!(counters["topology_queues_owned_by_shard0_count"], 2.0);
     assert_eq!(counters["topology_queues_owned_by_shard1_count"], 2.0);
