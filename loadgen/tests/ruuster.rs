@@ -15,8 +15,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use clap::Parser;
@@ -40,17 +40,11 @@ const RUN_DEADLINE: Duration = Duration::from_secs(60);
 /// A broker in this process, stopped (and its data directory released) when dropped.
 struct TestBroker {
     broker: Option<Broker>,
-    _serial: MutexGuard<'static, ()>,
 }
 
 impl TestBroker {
-    /// Starts a 2-shard broker with its data under `target/`. Brokers in this process run one at
-    /// a time: each pins two shards, and several at once oversubscribe a 2-CPU machine.
+    /// Starts a 2-shard broker with its data under `target/`.
     fn start(name: &str) -> TestBroker {
-        static SERIAL: Mutex<()> = Mutex::new(());
-        let serial = SERIAL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("loadgen-ruuster")
             .join(name);
@@ -66,7 +60,6 @@ impl TestBroker {
         };
         TestBroker {
             broker: Some(Broker::start(config).expect("the broker starts")),
-            _serial: serial,
         }
     }
 
@@ -133,18 +126,25 @@ fn assert_clean(outcome: &RunOutcome, total: u64, routing_factor: u64) {
     assert_eq!(count(outcome, |m| &m.redelivered_count), 0);
 }
 
+/// The scenarios below, in turn, on one broker: every broker start on a loaded 2-CPU machine
+/// risks the start stall in the README's known issues, and costs more than a scenario.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ruuster_driver_against_the_real_broker() {
+    let broker = TestBroker::start("loadgen");
+    every_message_is_confirmed_and_delivered_and_the_broker_agrees(&broker).await;
+    a_paced_run_delivers_every_message(&broker).await;
+    an_unroutable_publish_is_a_nack_and_its_return_is_counted(&broker).await;
+}
+
 /// Two producers and two consumers over four queues at `written`: consumer 0 reads queues 0 and
 /// 2 and consumer 1 reads 1 and 3 on one shared connection, so neither may ack cumulatively.
 /// Then one producer fans out to three durable queues at `fsynced`, read by one consumer on a
 /// connection of its own, whose merged deliveries must reach the core in tag order for its
 /// cumulative acks to be right.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees() {
-    let broker = TestBroker::start("counts");
-
+async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees(broker: &TestBroker) {
     let total = 4_000;
     let direct = run_against(
-        &broker,
+        broker,
         &[
             "--count",
             "4000",
@@ -168,7 +168,11 @@ async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees() {
     assert_eq!(counters["published_count"], total as f64);
     assert_eq!(counters["stored_count"], total as f64);
     assert_eq!(counters["delivered_count"], total as f64);
-    assert_eq!(counters["acked_count"], total as f64);
+    // The last acks travel on the consumer's connection while the counters are read on another,
+    // so they may land just after; they must land.
+    assert!(counters["acked_count"] <= total as f64);
+    let settled = wait_until_every_delivery_is_acked(broker).await;
+    assert_eq!(settled["acked_count"], total);
     assert_eq!(counters["unroutable_count"], 0.0);
     assert_eq!(counters["client_returned_count"], 0.0);
     let at_or_above_written = counters["client_confirmed_at_written_count"]
@@ -198,7 +202,7 @@ async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees() {
 
     let fanout_total = 1_500;
     let fanout = run_against(
-        &broker,
+        broker,
         &[
             "--count",
             "1500",
@@ -242,11 +246,9 @@ async fn every_message_is_confirmed_and_delivered_and_the_broker_agrees() {
 
 /// At a fixed rate with one message per publish (W4's shape, shortened), every paced message
 /// arrives, and `--ruuster-any-shard` keeps connections where they were accepted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paced_run_delivers_every_message() {
-    let broker = TestBroker::start("paced");
+async fn a_paced_run_delivers_every_message(broker: &TestBroker) {
     let outcome = run_against(
-        &broker,
+        broker,
         &[
             "--workload",
             "W4",
@@ -270,9 +272,7 @@ async fn a_paced_run_delivers_every_message() {
 /// A publish to a routing key with no binding comes back: its confirm range is a nack (an error
 /// in the report) and its return is counted, on the driver's side and the broker's. The core
 /// never publishes to an unbound key, so this drives the driver directly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unroutable_publish_is_a_nack_and_its_return_is_counted() {
-    let broker = TestBroker::start("unroutable");
+async fn an_unroutable_publish_is_a_nack_and_its_return_is_counted(broker: &TestBroker) {
     ruuster_loadgen::clock::init();
     let driver = RuusterDriver::new(RuusterConfig {
         address: broker.address(),
@@ -368,6 +368,29 @@ async fn an_unroutable_publish_is_a_nack_and_its_return_is_counted() {
 
 fn count_of(counter: &AtomicU64) -> u64 {
     Metrics::load(counter)
+}
+
+/// The broker's counters once every delivery has been acknowledged and nothing is unacked.
+async fn wait_until_every_delivery_is_acked(broker: &TestBroker) -> HashMap<String, u64> {
+    let options = ruuster_client::ConnectOptions::new(broker.address());
+    let connection = within("connect", ruuster_client::Client::connect(&options))
+        .await
+        .unwrap();
+    let settled = async {
+        loop {
+            let stats: HashMap<String, u64> =
+                connection.stats().await.unwrap().into_iter().collect();
+            if stats["acked_count"] == stats["delivered_count"]
+                && stats["messages_unacked_count"] == 0
+            {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let stats = within("every ack", settled).await;
+    connection.close().await.unwrap();
+    stats
 }
 
 async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
