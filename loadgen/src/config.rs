@@ -32,7 +32,9 @@ pub const REFERENCE_TOLERANCE_RATIO: f64 = 0.20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum DriverKind {
-    /// AMQP 0-9-1 through lapin (RabbitMQ). The Ruuster driver joins once its client exists.
+    /// Ruuster through `ruuster-client`, each connection on the shard that owns its queues.
+    Ruuster,
+    /// AMQP 0-9-1 through lapin (RabbitMQ).
     Amqp,
 }
 
@@ -109,17 +111,28 @@ impl fmt::Display for AckMode {
 /// every second; at the end the run writes bench-results/<date>-<label>/ with report.json, one
 /// .hgrm percentile file per latency series and latency-percentiles.svg.
 ///
-/// Example: ruuster-loadgen --workload W1 --amqp-uri amqp://127.0.0.1:5672/%2f --label w1
+/// Examples: ruuster-loadgen --workload W1 --ruuster-address 127.0.0.1:5690 --label w1
+///           ruuster-loadgen --driver amqp --workload W1 --amqp-uri amqp://127.0.0.1:5672/%2f
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ruuster-loadgen", version, verbatim_doc_comment)]
 pub struct Cli {
-    /// Broker driver. Only `amqp` exists until the Ruuster client crate has an API.
-    #[arg(long, value_enum, default_value_t = DriverKind::Amqp)]
+    /// Broker driver: `ruuster` (through ruuster-client) or `amqp` (RabbitMQ, through lapin).
+    #[arg(long, value_enum, default_value_t = DriverKind::Ruuster)]
     pub driver: DriverKind,
 
     /// Preset for the standard workloads; flags given explicitly override its values.
     #[arg(long, value_enum, ignore_case = true)]
     pub workload: Option<Workload>,
+
+    /// Ruuster broker's client address, host:port. Connections then move to the port of the
+    /// shard that owns their queues, which the handshake lists.
+    #[arg(long, default_value = "127.0.0.1:5690")]
+    pub ruuster_address: String,
+
+    /// Keep every Ruuster connection on the shard that accepted it on --ruuster-address instead
+    /// of moving it to the shard that owns its queues.
+    #[arg(long)]
+    pub ruuster_any_shard: bool,
 
     /// AMQP URI of the broker (loopback only in this project's benchmarks).
     #[arg(long, default_value = "amqp://127.0.0.1:5672/%2f")]
@@ -241,6 +254,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct RuusterConfig {
+    pub address: String,
+    /// Connections stay where they were accepted instead of moving to their queues' owner.
+    pub any_shard: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct AmqpConfig {
     pub uri: String,
     pub queue_type: AmqpQueueType,
@@ -269,6 +289,7 @@ pub struct RunConfig {
     pub confirms: bool,
     pub prefetch_messages: u16,
     pub ack: AckMode,
+    pub ruuster: RuusterConfig,
     pub amqp: AmqpConfig,
     pub broker_pid: Option<u32>,
     pub pacer_spin_us: u64,
@@ -405,6 +426,10 @@ impl RunConfig {
             ack: cli.ack.unwrap_or(AckMode::Every {
                 messages: ACK_EVERY_DEFAULT_MESSAGES,
             }),
+            ruuster: RuusterConfig {
+                address: cli.ruuster_address.clone(),
+                any_shard: cli.ruuster_any_shard,
+            },
             amqp: AmqpConfig {
                 uri: cli.amqp_uri.clone(),
                 queue_type: cli.amqp_queue_type,
@@ -685,13 +710,23 @@ mod tests {
 
     #[test]
     fn references_apply_only_to_the_shapes_they_were_measured_with() {
-        let w2_quorum = resolve(&["--workload", "W2", "--amqp-queue-type", "quorum"]).unwrap();
+        let w2_quorum = resolve(&[
+            "--driver",
+            "amqp",
+            "--workload",
+            "W2",
+            "--amqp-queue-type",
+            "quorum",
+        ])
+        .unwrap();
         assert_eq!(
             reference_for(&w2_quorum).unwrap().throughput_msgs_per_sec,
             Some(36_000.0)
         );
-        let w4 = resolve(&["--workload", "W4"]).unwrap();
+        let w4 = resolve(&["--driver", "amqp", "--workload", "W4"]).unwrap();
         assert_eq!(reference_for(&w4).unwrap().end_to_end_p99_us, Some(873.0));
+        let ruuster_w4 = resolve(&["--workload", "W4"]).unwrap();
+        assert_eq!(reference_for(&ruuster_w4), None);
         let bigger = resolve(&["--workload", "W1", "--size", "2048"]).unwrap();
         assert_eq!(reference_for(&bigger), None);
         let w3 = resolve(&["--workload", "W3"]).unwrap();

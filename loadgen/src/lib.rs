@@ -3,12 +3,13 @@
 //! The measurement core knows no broker. It paces publishes, stamps each payload with its send and
 //! intended times, bounds unconfirmed messages, records every latency series in an HDR histogram,
 //! prints progress and writes the report. A [`driver::Driver`] turns that into one broker's
-//! protocol; the AMQP 0-9-1 driver measures RabbitMQ, and a Ruuster driver plugs into the same
-//! trait once the client crate exists.
+//! protocol: [`driver::ruuster`] measures Ruuster through `ruuster-client`, and [`driver::amqp`]
+//! measures RabbitMQ over AMQP 0-9-1.
 //!
 //! Module map:
 //! - [`config`]: the resolved run parameters and the W1–W6 workload presets.
-//! - [`driver`]: the broker abstraction, and [`driver::amqp`], the RabbitMQ driver.
+//! - [`driver`]: the broker abstraction, [`driver::ruuster`] and [`driver::amqp`], and
+//!   [`driver::reorder`], which puts merged deliveries back in tag order.
 //! - [`run`]: the orchestrator (connections, producers, consumers, progress, drain).
 //! - [`window`]: the bound on unconfirmed messages and publish-to-confirm timing.
 //! - [`pacer`]: the fixed-rate schedule and the thread that releases sends on time.

@@ -12,6 +12,7 @@ use clap::Parser;
 
 use ruuster_loadgen::config::{Cli, DriverKind, RunConfig};
 use ruuster_loadgen::driver::amqp::AmqpDriver;
+use ruuster_loadgen::driver::ruuster::RuusterDriver;
 use ruuster_loadgen::report::{self, Context};
 use ruuster_loadgen::{clock, run, system};
 
@@ -50,6 +51,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the tokio runtime")?;
     let outcome = match config.driver {
+        DriverKind::Ruuster => {
+            let driver = Arc::new(RuusterDriver::new(config.ruuster.clone()));
+            runtime.block_on(run::run(driver, &config))?
+        }
         DriverKind::Amqp => {
             let driver = Arc::new(AmqpDriver::new(config.amqp.clone()));
             runtime.block_on(run::run(driver, &config))?

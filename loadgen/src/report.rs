@@ -424,6 +424,18 @@ fn notes_for(
                 .to_owned(),
         );
     }
+    if outcome.driver_name == "ruuster" {
+        notes.push(
+            "broker_counters: totals (published, stored, delivered, acked, journal fdatasyncs and \
+             synced records, ...) are differences between the broker's stats read after the \
+             declare and after the drain; `_at_end_count` figures are levels at the end; \
+             shard<i>_stage_* figures are the broker's own histograms since it started. \
+             client_* figures are counted by the driver. The consumers' last acks travel on \
+             their own connections and may land after the counters are read, so acked_count \
+             can fall short of delivered_count by up to one ack interval per consumer."
+                .to_owned(),
+        );
+    }
     if config.rate_msgs_per_sec.is_none() {
         notes.push(
             "As-fast-as-possible run: latency is mostly time queued behind the window and the \

@@ -71,6 +71,8 @@ fn run_loadgen(label: &str, broker: &Broker, arguments: &[&str]) -> Value {
     let pid = broker.pid.to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_ruuster-loadgen"))
         .args([
+            "--driver",
+            "amqp",
             "--amqp-uri",
             &uri,
             "--broker-pid",
@@ -184,4 +186,25 @@ fn the_loadgen_delivers_every_confirmed_message_through_rabbitmq() {
         Some(1_000)
     );
     assert_eq!(count(&fanout, "error_count"), 0);
+
+    // One consumer over three queues on one channel: its merged deliveries must reach the core
+    // in tag order, or a cumulative ack settles deliveries still buffered and RabbitMQ closes
+    // the channel when their own ack names an unknown tag.
+    let merged = run_loadgen(
+        "it-merged-consumer",
+        &broker,
+        &[
+            "--count",
+            "3000",
+            "--exchange-type",
+            "fanout",
+            "--queues",
+            "3",
+            "--consumers",
+            "1",
+        ],
+    );
+    assert_eq!(count(&merged, "confirmed_count"), 3_000);
+    assert_eq!(count(&merged, "delivered_count"), 9_000);
+    assert_eq!(count(&merged, "error_count"), 0);
 }

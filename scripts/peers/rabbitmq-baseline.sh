@@ -58,7 +58,7 @@ run() {
     echo "== $name ($placement), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     local extra=()
     [[ "${OVERWRITE:-0}" == 1 ]] && extra=(--overwrite)
-    "${launcher[@]}" "$loadgen" --broker-pid "$pid" --duration-secs "$duration_s" \
+    "${launcher[@]}" "$loadgen" --driver amqp --broker-pid "$pid" --duration-secs "$duration_s" \
         --label "rabbitmq-$name-$placement${LABEL_SUFFIX:-}" "${extra[@]}" "$@" \
         || echo "run $name exited $?" >&2
 }

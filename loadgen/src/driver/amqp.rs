@@ -24,6 +24,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use lapin::{PublisherConfirm, message};
 use tokio::sync::mpsc;
 
+use super::reorder::TagOrder;
 use super::{
     BrokerCounter, ConfirmOutcome, ConfirmRange, ConfirmSink, ConnectionPlacement, ConnectionSpec,
     Consumer, ConsumerSpec, Delivery, Driver, DriverError, Durability, ExchangeKind, Producer,
@@ -270,11 +271,11 @@ impl Driver for AmqpDriver {
         let source = if subscriptions.len() == 1 {
             DeliverySource::Single(subscriptions.pop().expect("one subscription"))
         } else {
-            // Several queues: one forwarding task per subscription. Delivery tags are per
-            // channel, so a cumulative ack can cover deliveries still in this buffer; for a
-            // benchmark that only shifts when the broker frees them, by at most the buffer.
-            let capacity = (usize::from(spec.prefetch) * subscriptions.len())
-                .clamp(1, MERGED_DELIVERY_BUFFER_MAX);
+            // Several queues: one forwarding task per subscription, and the merged deliveries put
+            // back in tag order so that the core's cumulative acks cover only what it received
+            // (see `reorder`). The channel is this consumer's alone, so its tags are all ours.
+            let unacked_max = usize::from(spec.prefetch).saturating_mul(subscriptions.len());
+            let capacity = unacked_max.clamp(1, MERGED_DELIVERY_BUFFER_MAX);
             let (sender, receiver) = mpsc::channel(capacity);
             for mut subscription in subscriptions {
                 let sender = sender.clone();
@@ -286,7 +287,10 @@ impl Driver for AmqpDriver {
                     }
                 });
             }
-            DeliverySource::Merged(receiver)
+            DeliverySource::Merged {
+                receiver,
+                order: TagOrder::new(unacked_max),
+            }
         };
         Ok(AmqpConsumer { channel, source })
     }
@@ -461,7 +465,10 @@ async fn report_confirms(mut batches: mpsc::UnboundedReceiver<PendingBatch>, sin
 #[derive(Debug)]
 enum DeliverySource {
     Single(lapin::Consumer),
-    Merged(mpsc::Receiver<Result<message::Delivery, lapin::Error>>),
+    Merged {
+        receiver: mpsc::Receiver<Result<message::Delivery, lapin::Error>>,
+        order: TagOrder<message::Delivery>,
+    },
 }
 
 #[derive(Debug)]
@@ -474,7 +481,22 @@ impl Consumer for AmqpConsumer {
     async fn next_delivery(&mut self) -> Result<Option<Delivery>, DriverError> {
         let next = match &mut self.source {
             DeliverySource::Single(subscription) => subscription.next().await,
-            DeliverySource::Merged(receiver) => receiver.recv().await,
+            DeliverySource::Merged { receiver, order } => loop {
+                if let Some(delivery) = order.pop() {
+                    break Some(Ok(delivery));
+                }
+                match receiver.recv().await {
+                    Some(Ok(delivery)) => {
+                        order
+                            .push(delivery.delivery_tag, delivery)
+                            .map_err(|detail| DriverError::Protocol {
+                                operation: "basic.deliver",
+                                detail,
+                            })?
+                    }
+                    other => break other,
+                }
+            },
         };
         match next {
             None => Ok(None),

@@ -5,13 +5,14 @@
 //! has already stamped, reports confirms back as contiguous sequence ranges through the
 //! [`ConfirmSink`] it was given, and yields deliveries that the core acknowledges through it.
 //!
-//! A Ruuster driver plugs in as another implementation of [`Driver`]: `connect` reads the
-//! handshake's per-shard port and reconnects to the shard that owns
-//! [`ConnectionSpec::queues`], `describe_connection` names that shard, publishes map onto its
-//! pipelined publish (the core already bounds unconfirmed messages), and its cumulative confirms
-//! arrive as the ranges and durability levels that [`ConfirmRange`] carries.
+//! Two implementations: [`ruuster`], whose `connect` moves each connection to the shard that owns
+//! [`ConnectionSpec::queues`] through the handshake's per-shard ports and whose cumulative confirms
+//! arrive as the ranges and durability levels that [`ConfirmRange`] carries; and [`amqp`], for
+//! RabbitMQ.
 
 pub mod amqp;
+pub mod reorder;
+pub mod ruuster;
 
 use std::fmt;
 use std::future::Future;
