@@ -48,6 +48,8 @@ pub struct Broker {
     shard_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
     shards: Vec<ExecutorJoinHandle<()>>,
+    /// Dropped after the shards have stopped (see [`shard::Nudger`]).
+    _nudger: shard::Nudger,
     _data_dir: DataDir,
 }
 
@@ -142,6 +144,7 @@ impl Broker {
             ..Options::default()
         };
 
+        let nudger = shard::Nudger::start()?;
         let (ready_sender, ready) = flume::unbounded();
         let mut senders = Vec::with_capacity(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
@@ -189,6 +192,7 @@ impl Broker {
                     users: users.clone(),
                 },
                 connections_max: config.limits.connections_per_shard_max,
+                nudge: nudger.handle(),
                 ready: ready_sender.clone(),
             };
             let handle = shard::spawn(spec)
@@ -223,6 +227,7 @@ impl Broker {
             shard_addrs,
             shutdown: ShutdownHandle { senders },
             shards,
+            _nudger: nudger,
             _data_dir: data_dir,
         })
     }

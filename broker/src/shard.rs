@@ -6,6 +6,12 @@
 //! its snapshot installer (and, on shard 0, the control task), report ready, and only then accept
 //! connections. On shutdown it stops accepting, syncs its journal and returns; connections still
 //! open are dropped without confirms for what was not confirmed.
+//!
+//! [`nudge`] works around shards that stay parked after their wake-up was lost.
+
+mod nudge;
+
+pub use nudge::{NUDGE_INTERVAL, NudgeHandle, Nudger};
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::PathBuf;
@@ -62,6 +68,8 @@ pub struct ShardSpec {
     pub control_task: Option<ControlSpec>,
     pub settings: ConnectionSettings,
     pub connections_max: usize,
+    /// Registers the executor thread with the broker's [`Nudger`].
+    pub nudge: NudgeHandle,
     /// Told once the shard serves, or why it could not start.
     pub ready: flume::Sender<Result<(), String>>,
 }
@@ -80,6 +88,7 @@ pub fn spawn(spec: ShardSpec) -> glommio::Result<ExecutorJoinHandle<()>, ()> {
 }
 
 async fn run(spec: ShardSpec) {
+    let _nudged = spec.nudge.register_current_thread();
     let ready = spec.ready.clone();
     let (log, recovery) = match Log::open(&spec.journal_dir, spec.journal_options.clone()).await {
         Ok(opened) => opened,
