@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use glommio::ExecutorJoinHandle;
-use tracing::info;
+use tracing::{error, info};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +101,15 @@ impl Broker {
             io_memory_bytes,
             "starting"
         );
+
+        if config.unsafe_confirm_before_append {
+            error!(
+                delay_ms = crate::runtime::CONFIRM_BEFORE_APPEND_DELAY.as_millis() as u64,
+                "UNSAFE: confirming publishes before they are stored \
+                 (--unsafe-confirm-before-append-for-crash-tests); a crash loses confirmed \
+                 messages. This switch exists only as the crash tests' negative control"
+            );
+        }
 
         let (metadata, dropped) = Metadata::load(data_dir.path(), shard_count as u16)?;
         if !dropped.is_empty() {
@@ -193,6 +202,7 @@ impl Broker {
                 },
                 connections_max: config.limits.connections_per_shard_max,
                 nudge: nudger.handle(),
+                unsafe_confirm_before_append: config.unsafe_confirm_before_append,
                 ready: ready_sender.clone(),
             };
             let handle = shard::spawn(spec)

@@ -70,6 +70,8 @@ pub struct ShardSpec {
     pub connections_max: usize,
     /// Registers the executor thread with the broker's [`Nudger`].
     pub nudge: NudgeHandle,
+    /// The crash tests' negative control (`Config::unsafe_confirm_before_append`).
+    pub unsafe_confirm_before_append: bool,
     /// Told once the shard serves, or why it could not start.
     pub ready: flume::Sender<Result<(), String>>,
 }
@@ -124,6 +126,9 @@ async fn run(spec: ShardSpec) {
         }
     }
     core.install(spec.snapshot.clone());
+    if spec.unsafe_confirm_before_append {
+        core.confirm_before_append_for_crash_tests();
+    }
 
     let handler = core.clone();
     let mesh = spec
