@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::bail;
-use glommio::ExecutorJoinHandle;
 use tracing::{error, info};
 
 use std::sync::Arc;
@@ -47,7 +46,7 @@ pub struct Broker {
     client_addr: SocketAddr,
     shard_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
-    shards: Vec<ExecutorJoinHandle<()>>,
+    shards: Vec<shard::ShardHandle>,
     /// Dropped after the shards have stopped (see [`shard::Nudger`]).
     _nudger: shard::Nudger,
     _data_dir: DataDir,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 use glommio::net::TcpListener;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement};
 use ruuster_segment_store::{Log, Options, SyncPolicy};
 use socket2::Socket;
 use tracing::{Instrument, debug, error, info, warn};
@@ -76,21 +76,44 @@ pub struct ShardSpec {
     pub ready: flume::Sender<Result<(), String>>,
 }
 
-/// Starts the shard's executor on its CPU. The handle resolves when the shard has stopped.
-pub fn spawn(spec: ShardSpec) -> glommio::Result<ExecutorJoinHandle<()>, ()> {
+/// A shard's thread. [`ShardHandle::join`] returns once the shard has stopped.
+#[derive(Debug)]
+pub struct ShardHandle(std::thread::JoinHandle<glommio::Result<(), ()>>);
+
+impl ShardHandle {
+    pub fn join(self) -> Result<(), String> {
+        match self.0.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the shard's thread panicked".to_string()),
+        }
+    }
+}
+
+/// Starts the shard's executor on its CPU, on a thread of our own rather than through
+/// `LocalExecutorBuilder::spawn`, so that the thread is registered with the [`Nudger`] before
+/// glommio builds the executor: glommio was seen parked, its wake-up lost, before it first polled
+/// the shard's future.
+pub fn spawn(spec: ShardSpec) -> std::io::Result<ShardHandle> {
     let name = format!("shard-{}", spec.index);
-    LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
-        .name(&name)
-        .io_memory(spec.io_memory_bytes)
-        .preempt_timer(PREEMPT_INTERVAL)
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
         .spawn(move || {
+            let nudge = spec.nudge.clone();
+            let _nudged = nudge.register_current_thread();
+            let executor = LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
+                .name(&name)
+                .io_memory(spec.io_memory_bytes)
+                .preempt_timer(PREEMPT_INTERVAL)
+                .make()?;
             let span = tracing::info_span!("shard", index = spec.index, cpu = spec.cpu);
-            run(spec).instrument(span)
-        })
+            executor.run(run(spec).instrument(span));
+            Ok(())
+        })?;
+    Ok(ShardHandle(thread))
 }
 
 async fn run(spec: ShardSpec) {
-    let _nudged = spec.nudge.register_current_thread();
     let ready = spec.ready.clone();
     let (log, recovery) = match Log::open(&spec.journal_dir, spec.journal_options.clone()).await {
         Ok(opened) => opened,
