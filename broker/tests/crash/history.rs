@@ -165,6 +165,9 @@ pub struct Report {
     pub confirmed_below_fsynced: u64,
     pub refused: u64,
     pub queues: Vec<QueueFigures>,
+    /// Messages still in the queues after the drain, a clean stop and a restart (filled in by
+    /// the test, not from the history). See the test's docs for why it must be 0.
+    pub left_after_clean_restart: u64,
     /// The first few violations, described.
     pub examples: Vec<String>,
 }
@@ -185,7 +188,8 @@ impl Report {
             "{label}: cycles={} published={} confirmed={} confirmed_below_fsynced={} refused={} \
              in_flight_at_kill_min={} delivered={} redelivered={} duplicates={} \
              duplicates_unmarked={} acked_then_delivered={} reordered={} lost={} \
-             flag_mismatches={} misrouted={} invalid={} unconfirmed_delivered={}",
+             flag_mismatches={} misrouted={} invalid={} unconfirmed_delivered={} \
+             left_after_clean_restart={}",
             self.kills,
             self.published,
             self.confirmed,
@@ -203,6 +207,7 @@ impl Report {
             total.misrouted,
             total.invalid,
             total.unconfirmed_delivered,
+            self.left_after_clean_restart,
         )
     }
 

@@ -421,6 +421,23 @@ pub async fn drained(address: String) -> bool {
     empty
 }
 
+/// Messages ready or waiting in all the workload's queues.
+pub async fn messages_left(address: String) -> u64 {
+    let connection = Client::connect(&connect_options(address, "crash-count".into()))
+        .await
+        .expect("the restarted broker accepts");
+    let mut left = 0;
+    for name in QUEUE_NAMES {
+        left += connection
+            .queue_declare_passive(name)
+            .await
+            .expect("the queue survived")
+            .message_count;
+    }
+    let _ = connection.close().await;
+    left
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
