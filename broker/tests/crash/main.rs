@@ -31,7 +31,10 @@
 //! start-up.
 //!
 //! Environment: `RUUSTER_BROKER_CRASH_CYCLES` (default 20) and `RUUSTER_BROKER_CRASH_SEED`
-//! (default from the clock; printed either way). `scripts/broker-crash-soak.sh` runs 200 cycles.
+//! (default from the clock; printed either way). The seed fixes the test's own choices (batch
+//! sizes, ack batching, nacks, kill delays), not the timing of two processes on shared CPUs, so a
+//! failure may need several runs with its seed to come back. `scripts/broker-crash-soak.sh` runs
+//! 200 cycles.
 
 #[path = "../common/mod.rs"]
 mod common;
