@@ -92,6 +92,14 @@ pub struct Config {
     pub segment_bytes: u64,
     pub limits: Limits,
     pub users: Vec<crate::users::UserConfig>,
+    /// NEGATIVE CONTROL FOR CRASH TESTS ONLY; a broker with it loses messages it confirmed.
+    /// Each publish is confirmed at the level it asked for as soon as its owner shard's appender
+    /// takes it, before the journal append, and the append is then held back for
+    /// [`crate::runtime::CONFIRM_BEFORE_APPEND_DELAY`], so a `kill -9` in between loses confirmed
+    /// messages, which a crash test's checker must report. Only the hidden flag
+    /// `--unsafe-confirm-before-append-for-crash-tests` sets it (the TOML file cannot), and the
+    /// broker says so at `error` level when it starts.
+    pub unsafe_confirm_before_append: bool,
 }
 
 impl Default for Config {
@@ -107,6 +115,7 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             limits: Limits::default(),
             users: Vec::new(),
+            unsafe_confirm_before_append: false,
         }
     }
 }

@@ -103,13 +103,8 @@ pub fn bind(
         .map(|_| open(client_addr, true, "client port"))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let base = match shard_port_base {
-        Some(base) => Some(base),
-        None if client_addr.port() == 0 => None,
-        None => Some(client_addr.port().checked_add(1).ok_or_else(|| {
-            resolve_error("the client port is 65535, leaving no room for shard ports".into())
-        })?),
-    };
+    let base = shard_port_base_for(requested.port(), client_addr.port(), shard_port_base)
+        .map_err(resolve_error)?;
     let mut per_shard = Vec::with_capacity(shard_count);
     for shard in 0..shard_count {
         let port = match base {
@@ -128,6 +123,25 @@ pub fn bind(
         shared,
         per_shard,
     })
+}
+
+/// The first shard port, or `None` for ephemeral shard ports. The decision looks at the port
+/// that was *requested*: once bound, an ephemeral client port is a real number, and its
+/// neighbours are ports nobody reserved (another process, or a client's ephemeral port, may hold
+/// them), so a broker asked for port 0 takes ephemeral shard ports too.
+fn shard_port_base_for(
+    requested_port: u16,
+    client_port: u16,
+    configured: Option<u16>,
+) -> Result<Option<u16>, String> {
+    match configured {
+        Some(base) => Ok(Some(base)),
+        None if requested_port == 0 => Ok(None),
+        None => client_port
+            .checked_add(1)
+            .map(Some)
+            .ok_or_else(|| "the client port is 65535, leaving no room for shard ports".into()),
+    }
 }
 
 fn open(
@@ -183,6 +197,17 @@ mod tests {
                 .iter()
                 .all(|&port| port != 0 && port != listeners.client_addr.port())
         );
+    }
+
+    /// A broker on port 0 once took the bound client port + 1 for its first shard port, which
+    /// any other process (or a client's ephemeral port) may hold: start-up failed with "address
+    /// already in use" now and then.
+    #[test]
+    fn an_ephemeral_client_port_gets_ephemeral_shard_ports_not_its_neighbours() {
+        assert_eq!(shard_port_base_for(0, 41_000, None), Ok(None));
+        assert_eq!(shard_port_base_for(5690, 5690, None), Ok(Some(5691)));
+        assert_eq!(shard_port_base_for(0, 41_000, Some(7000)), Ok(Some(7000)));
+        assert!(shard_port_base_for(65_535, 65_535, None).is_err());
     }
 
     #[test]

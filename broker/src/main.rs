@@ -39,6 +39,10 @@ struct Flags {
     /// Print a password_hash for the config's [[users]] and exit.
     #[arg(long, value_name = "PASSWORD")]
     hash_password: Option<String>,
+    /// Hidden: the crash tests' negative control. Confirms publishes before they are stored
+    /// and so loses confirmed messages on a crash (see `Config::unsafe_confirm_before_append`).
+    #[arg(long, hide = true)]
+    unsafe_confirm_before_append_for_crash_tests: bool,
 }
 
 fn parse_fsync(text: &str) -> Result<FsyncPolicy, String> {
@@ -84,6 +88,7 @@ fn run() -> anyhow::Result<()> {
         fsync: flags.fsync,
         ..ConfigFile::default()
     });
+    config.unsafe_confirm_before_append = flags.unsafe_confirm_before_append_for_crash_tests;
     info!(?config, "configuration");
 
     // Signals are taken by a plain thread: nothing on a shard may block waiting for them.

@@ -56,6 +56,13 @@ pub const COMPACTION_LIVE_DIVISOR: u64 = 8;
 /// Consumers one connection may hold; their ids fit the 16 low bits of a [`ConsumerId`].
 pub const CONSUMERS_PER_CONNECTION_MAX: u32 = 4096;
 
+/// How long the crash tests' negative control holds each append back after confirming it
+/// (`Config::unsafe_confirm_before_append`). Without the delay the window between the early
+/// confirm and the write is a fraction of a millisecond and a kill rarely lands in it; with it,
+/// a kill at any moment of a busy run finds confirmed messages not yet appended. The appender
+/// still takes up to [`APPEND_BATCH_MAX`] publishes per delay, about 50,000 a second per shard.
+pub const CONFIRM_BEFORE_APPEND_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// What shards send each other over the mesh.
 #[derive(Debug)]
 pub enum ShardMessage {
@@ -275,6 +282,9 @@ pub struct Core {
     settled: RefCell<Vec<(Target, Option<u64>)>>,
     dead: RefCell<Vec<u64>>,
     settle_bell: Bell,
+    /// The crash tests' negative control: confirm before the append (see
+    /// [`CONFIRM_BEFORE_APPEND_DELAY`]).
+    confirm_before_append: Cell<bool>,
     /// Journal offset of a message record that more than one queue holds → queues still holding.
     references: RefCell<HashMap<u64, u16>>,
     /// Settlement records waiting for their messages' segments to go: (highest message offset,
@@ -320,9 +330,17 @@ impl Core {
             settled: RefCell::new(Vec::new()),
             dead: RefCell::new(Vec::new()),
             settle_bell: Bell::new(),
+            confirm_before_append: Cell::new(false),
             references: RefCell::new(HashMap::new()),
             settlement_watch: RefCell::new(VecDeque::new()),
         }
+    }
+
+    /// Turns on the crash tests' negative control: from now on this shard confirms each publish
+    /// before appending it, and appends it [`CONFIRM_BEFORE_APPEND_DELAY`] later. It loses
+    /// confirmed messages on a crash; nothing but `Config::unsafe_confirm_before_append` calls it.
+    pub fn confirm_before_append_for_crash_tests(&self) {
+        self.confirm_before_append.set(true);
     }
 
     pub fn set_mesh(&self, mesh: Mesh<ShardMessage>) {
@@ -985,6 +1003,8 @@ struct Placed {
     stored: bool,
     /// The envelope's publish time, for [`Stage::Stored`].
     published_at_ns: u64,
+    /// Confirmed before the append (the crash tests' negative control): report nothing more.
+    confirmed_early: bool,
 }
 
 async fn appender(core: Rc<Core>) {
@@ -1006,6 +1026,19 @@ async fn appender(core: Rc<Core>) {
 }
 
 async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mut Vec<Vec<u8>>) {
+    let confirmed_early = core.confirm_before_append.get();
+    if confirmed_early {
+        for publish in &batch {
+            let message = ShardMessage::Stored {
+                connection: publish.connection,
+                sequence: publish.sequence,
+                outcome: Ok(publish.level),
+            };
+            core.send_control_now(publish.origin, message);
+        }
+        glommio::timer::sleep(CONFIRM_BEFORE_APPEND_DELAY).await;
+    }
+
     // Sequences are chosen before the append's await and the messages enqueued right after it;
     // only this task enqueues, so nothing can take a sequence in between.
     let mut planned: HashMap<QueueId, u64> = HashMap::new();
@@ -1081,6 +1114,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             level: publish.level,
             stored,
             published_at_ns: publish.envelope.archived().published_at_ns(),
+            confirmed_early,
         });
     }
 
@@ -1189,6 +1223,9 @@ fn confirm(
 }
 
 fn report(core: &Rc<Core>, publish: &Placed, outcome: Result<Durability, ErrorCode>) {
+    if publish.confirmed_early {
+        return;
+    }
     let message = ShardMessage::Stored {
         connection: publish.connection,
         sequence: publish.sequence,

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::bail;
-use glommio::ExecutorJoinHandle;
-use tracing::info;
+use tracing::{error, info};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +46,9 @@ pub struct Broker {
     client_addr: SocketAddr,
     shard_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
-    shards: Vec<ExecutorJoinHandle<()>>,
+    shards: Vec<shard::ShardHandle>,
+    /// Dropped after the shards have stopped (see [`shard::Nudger`]).
+    _nudger: shard::Nudger,
     _data_dir: DataDir,
 }
 
@@ -100,6 +101,15 @@ impl Broker {
             "starting"
         );
 
+        if config.unsafe_confirm_before_append {
+            error!(
+                delay_ms = crate::runtime::CONFIRM_BEFORE_APPEND_DELAY.as_millis() as u64,
+                "UNSAFE: confirming publishes before they are stored \
+                 (--unsafe-confirm-before-append-for-crash-tests); a crash loses confirmed \
+                 messages. This switch exists only as the crash tests' negative control"
+            );
+        }
+
         let (metadata, dropped) = Metadata::load(data_dir.path(), shard_count as u16)?;
         if !dropped.is_empty() {
             info!(
@@ -142,6 +152,7 @@ impl Broker {
             ..Options::default()
         };
 
+        let nudger = shard::Nudger::start()?;
         let (ready_sender, ready) = flume::unbounded();
         let mut senders = Vec::with_capacity(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
@@ -189,6 +200,8 @@ impl Broker {
                     users: users.clone(),
                 },
                 connections_max: config.limits.connections_per_shard_max,
+                nudge: nudger.handle(),
+                unsafe_confirm_before_append: config.unsafe_confirm_before_append,
                 ready: ready_sender.clone(),
             };
             let handle = shard::spawn(spec)
@@ -223,6 +236,7 @@ impl Broker {
             shard_addrs,
             shutdown: ShutdownHandle { senders },
             shards,
+            _nudger: nudger,
             _data_dir: data_dir,
         })
     }

@@ -6,6 +6,12 @@
 //! its snapshot installer (and, on shard 0, the control task), report ready, and only then accept
 //! connections. On shutdown it stops accepting, syncs its journal and returns; connections still
 //! open are dropped without confirms for what was not confirmed.
+//!
+//! [`nudge`] works around shards that stay parked after their wake-up was lost.
+
+mod nudge;
+
+pub use nudge::{NUDGE_INTERVAL, NudgeHandle, Nudger};
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::PathBuf;
@@ -15,7 +21,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 use glommio::net::TcpListener;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement};
 use ruuster_segment_store::{Log, Options, SyncPolicy};
 use socket2::Socket;
 use tracing::{Instrument, debug, error, info, warn};
@@ -62,21 +68,49 @@ pub struct ShardSpec {
     pub control_task: Option<ControlSpec>,
     pub settings: ConnectionSettings,
     pub connections_max: usize,
+    /// Registers the executor thread with the broker's [`Nudger`].
+    pub nudge: NudgeHandle,
+    /// The crash tests' negative control (`Config::unsafe_confirm_before_append`).
+    pub unsafe_confirm_before_append: bool,
     /// Told once the shard serves, or why it could not start.
     pub ready: flume::Sender<Result<(), String>>,
 }
 
-/// Starts the shard's executor on its CPU. The handle resolves when the shard has stopped.
-pub fn spawn(spec: ShardSpec) -> glommio::Result<ExecutorJoinHandle<()>, ()> {
+/// A shard's thread. [`ShardHandle::join`] returns once the shard has stopped.
+#[derive(Debug)]
+pub struct ShardHandle(std::thread::JoinHandle<glommio::Result<(), ()>>);
+
+impl ShardHandle {
+    pub fn join(self) -> Result<(), String> {
+        match self.0.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the shard's thread panicked".to_string()),
+        }
+    }
+}
+
+/// Starts the shard's executor on its CPU, on a thread of our own rather than through
+/// `LocalExecutorBuilder::spawn`, so that the thread is registered with the [`Nudger`] before
+/// glommio builds the executor: glommio was seen parked, its wake-up lost, before it first polled
+/// the shard's future.
+pub fn spawn(spec: ShardSpec) -> std::io::Result<ShardHandle> {
     let name = format!("shard-{}", spec.index);
-    LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
-        .name(&name)
-        .io_memory(spec.io_memory_bytes)
-        .preempt_timer(PREEMPT_INTERVAL)
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
         .spawn(move || {
+            let nudge = spec.nudge.clone();
+            let _nudged = nudge.register_current_thread();
+            let executor = LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
+                .name(&name)
+                .io_memory(spec.io_memory_bytes)
+                .preempt_timer(PREEMPT_INTERVAL)
+                .make()?;
             let span = tracing::info_span!("shard", index = spec.index, cpu = spec.cpu);
-            run(spec).instrument(span)
-        })
+            executor.run(run(spec).instrument(span));
+            Ok(())
+        })?;
+    Ok(ShardHandle(thread))
 }
 
 async fn run(spec: ShardSpec) {
@@ -115,6 +149,9 @@ async fn run(spec: ShardSpec) {
         }
     }
     core.install(spec.snapshot.clone());
+    if spec.unsafe_confirm_before_append {
+        core.confirm_before_append_for_crash_tests();
+    }
 
     let handler = core.clone();
     let mesh = spec
