@@ -229,16 +229,19 @@ impl Shared {
         let _ = self.write_bell.0.try_send(());
     }
 
+    /// Answers a failed request: `ErrorReply`, or `Close` for a code that ends the connection
+    /// (PROTOCOL.md section 10: the frame, not the code, says whether the connection ends).
     fn error_reply(&self, request_id: u32, code: ErrorCode, message: &str) {
+        if code.closes_connection() {
+            self.close(code, message);
+            return;
+        }
         let message = short(message);
         self.send(Frame::ErrorReply(ErrorReply {
             request_id,
             code,
             message,
         }));
-        if code.closes_connection() {
-            self.close(code, "closed after error");
-        }
     }
 
     fn close(&self, code: ErrorCode, reason: &str) {
@@ -523,9 +526,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Rc<Shared>, mut reader: R) {
             decoder.set_frame_size_max(shared.wire.borrow().frame_size_max());
             match decoder.decode(&mut buffer) {
                 Ok(Some(frame)) => {
-                    if !hold(shared, matches!(frame, Frame::Publish(_))).await {
-                        return;
-                    }
+                    hold(shared, matches!(frame, Frame::Publish(_))).await;
                     if !handle(shared, frame).await {
                         return;
                     }
@@ -582,24 +583,25 @@ fn hold_reason(shared: &Shared, publish: bool) -> Option<Hold> {
     None
 }
 
-/// Waits until the reader may handle its next frame (`publish`: a `Publish`). Returns false if
-/// the connection closed meanwhile. While the broker holds the reader, the client's silence is
-/// not counted: its heartbeats wait unread in the socket. While the client is what holds it (it
-/// does not read), its silence counts as usual.
-async fn hold(shared: &Rc<Shared>, publish: bool) -> bool {
+/// Waits until the reader may handle its next frame (`publish`: a `Publish`). A closing
+/// connection is not held: its state machine discards what arrives until `CloseOk`. While the
+/// broker holds the reader, the client's silence is not counted: its heartbeats wait unread in
+/// the socket. While the client is what holds it (it does not read), its silence counts as
+/// usual.
+async fn hold(shared: &Rc<Shared>, publish: bool) {
     if publish && !shared.publisher.replace(true) {
         shared.sync_blocked_notice();
     }
     let mut held = false;
     loop {
         if shared.closing.get() {
-            return false;
+            return;
         }
         if publish {
             shared.sync_blocked_notice();
         }
         let Some(reason) = hold_reason(shared, publish) else {
-            return true;
+            return;
         };
         if !held {
             held = true;
