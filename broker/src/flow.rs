@@ -152,7 +152,8 @@ pub struct Flow {
     memory_high: RefCell<Vec<bool>>,
     queue_memory_bytes: Cell<u64>,
     blocking: RefCell<Option<Blocking>>,
-    /// Times a connection's reader stopped for a bound or an alarm.
+    /// Times a connection's reader stopped for a bound or an alarm, or a publish waited for
+    /// room towards its owner shard.
     pub holds_count: Cell<u64>,
     /// Times this shard's publishers became blocked.
     pub blocked_count: Cell<u64>,
@@ -219,9 +220,11 @@ impl Core {
     /// them. The reader of the publishing connection waits with it.
     pub async fn reserve_publish(&self, shard: usize, size_bytes: u64) {
         let flow = &self.flow;
-        flow.room
-            .until(|| flow.in_flight_bytes.borrow()[shard] < PUBLISH_BYTES_IN_FLIGHT_MAX)
-            .await;
+        let room = || flow.in_flight_bytes.borrow()[shard] < PUBLISH_BYTES_IN_FLIGHT_MAX;
+        if !room() {
+            flow.count_hold();
+            flow.room.until(room).await;
+        }
         flow.in_flight_bytes.borrow_mut()[shard] += size_bytes;
     }
 

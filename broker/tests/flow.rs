@@ -211,3 +211,33 @@ fn queue_memory_above_its_limit_blocks_publishers_until_a_consumer_drains_it() {
     broker.shutdown_handle().shutdown();
     broker.wait().unwrap();
 }
+
+/// A publisher that pipelines far more than its connection's unconfirmed bytes allow (40 frames
+/// of 64 KiB against a 64 KiB cap, all written before the first fdatasync can finish) is held
+/// at its socket: the broker's reader stops after each frame until the journal confirms it,
+/// and every message is still stored. Catches: an unconfirmed-bytes cap that is not enforced
+/// (no hold would be counted), a hold that loses or reorders publishes. Cannot catch: a hold
+/// that is released early by a little (the count only shows that readers held).
+#[test]
+fn a_publisher_faster_than_the_journal_is_held_at_its_unconfirmed_bytes() {
+    let _serial = common::serial();
+    common::init_logs();
+    let mut config = test_config(&scratch("flow-unconfirmed-bytes"), 2);
+    config.limits.unconfirmed_bytes_max = 64 << 10;
+    let broker = Broker::start(config).expect("broker starts");
+    let mut publisher = TestClient::connect(broker.client_addr());
+    publisher.declare_queue("fast-q", true);
+    let payloads: Vec<Vec<u8>> = (0..16).map(|_| vec![3u8; 4 << 10]).collect();
+    for _ in 0..40 {
+        publisher.publish("", "fast-q", &payloads, Durability::Fsynced);
+    }
+    let confirms = publisher.confirms_through(640);
+    assert_stored(&confirms);
+    assert_eq!(confirms.last().unwrap().last, 640);
+    let stats = publisher.stats();
+    assert!(stats["flow_holds_count"] >= 1, "{stats:?}");
+    assert_eq!(stats["stored_count"], 640);
+
+    broker.shutdown_handle().shutdown();
+    broker.wait().unwrap();
+}
