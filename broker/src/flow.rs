@@ -328,12 +328,14 @@ pub async fn memory_ticker(core: Rc<Core>) {
 
 /// Measures the free space of `dir`'s filesystem every `interval` on a thread of its own (a
 /// `statvfs` is a blocking system call, so it stays off the shards' executors) and sends each
-/// figure to every shard. The thread ends when every shard has stopped listening.
+/// figure to every shard. The thread ends when `stop` is dropped or every shard has stopped
+/// listening.
 pub fn spawn_disk_monitor(
     dir: PathBuf,
     interval: Duration,
     source: FreeSpaceSource,
     shards: Vec<flume::Sender<u64>>,
+    stop: flume::Receiver<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("disk-monitor".into())
@@ -367,7 +369,12 @@ pub fn spawn_disk_monitor(
                         }
                     }
                 }
-                std::thread::sleep(interval);
+                if !matches!(
+                    stop.recv_timeout(interval),
+                    Err(flume::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
             }
         })
 }

@@ -67,6 +67,8 @@ pub struct Broker {
     shutdown: ShutdownHandle,
     shards: Vec<ExecutorJoinHandle<()>>,
     _data_dir: DataDir,
+    /// Dropping it stops the free-space monitor.
+    _disk_monitor_stop: flume::Sender<()>,
 }
 
 /// Asks every shard to stop. Cloneable and `Send`, for signal handlers and tests.
@@ -240,6 +242,7 @@ impl Broker {
             shards.push(handle);
         }
         drop(ready_sender);
+        let (disk_monitor_stop, stop) = flume::bounded(1);
         if config.disk_free_limit_bytes > 0 {
             let source = hooks
                 .free_space
@@ -250,6 +253,7 @@ impl Broker {
                 Duration::from_millis(config.disk_check_interval_ms),
                 source,
                 disk_free_senders,
+                stop,
             )?;
         }
         for _ in 0..shard_count {
@@ -280,6 +284,7 @@ impl Broker {
             shutdown: ShutdownHandle { senders },
             shards,
             _data_dir: data_dir,
+            _disk_monitor_stop: disk_monitor_stop,
         })
     }
 
