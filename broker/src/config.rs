@@ -310,6 +310,31 @@ mod tests {
     }
 
     #[test]
+    fn the_free_space_and_flow_limits_are_read_from_the_file() {
+        let text = "disk_free_limit_bytes = 0\ndisk_check_interval_ms = 50\n[limits]\n\
+                    queue_memory_max_bytes = 1024\nunconfirmed_bytes_max = 2048\n\
+                    unacked_per_connection_max = 7\n";
+        let file: ConfigFile = toml::from_str(text).unwrap();
+        let mut config = Config::default();
+        config.apply(file);
+        assert_eq!(config.disk_free_limit_bytes, 0);
+        assert_eq!(config.disk_check_interval_ms, 50);
+        assert_eq!(config.limits.queue_memory_max_bytes, 1024);
+        assert_eq!(config.limits.unconfirmed_bytes_max, 2048);
+        assert_eq!(config.limits.unacked_per_connection_max, 7);
+        assert_eq!(config.limits.prefetch_max, Limits::default().prefetch_max);
+        assert_eq!(
+            Config::default().disk_free_limit_bytes,
+            DISK_FREE_LIMIT_BYTES_DEFAULT
+        );
+        let too_often = Config {
+            disk_check_interval_ms: DISK_CHECK_INTERVAL_MS_MIN - 1,
+            ..Config::default()
+        };
+        assert!(too_often.validate().is_err());
+    }
+
+    #[test]
     fn an_unknown_key_is_refused_rather_than_ignored() {
         let result: Result<ConfigFile, _> = toml::from_str("shard = 2");
         assert!(result.is_err());

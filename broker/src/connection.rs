@@ -1400,11 +1400,16 @@ mod tests {
         for sequence in 1..=100 {
             confirms.push(sequence, 1, ConfirmStatus::Stored(Durability::Fsynced), 1);
         }
+        assert_eq!(confirms.pending_bytes, 100, "each message counted its size");
         for sequence in (1..=100).rev() {
             confirms.answer(sequence, Ok(Durability::Fsynced));
         }
         let mut out = Vec::new();
         confirms.ready(&mut out);
+        assert_eq!(
+            confirms.pending_bytes, 0,
+            "confirmed messages release their bytes"
+        );
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].first, out[0].last), (1, 100));
     }
