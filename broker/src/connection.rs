@@ -5,8 +5,8 @@
 //! it holds while a bound of [`crate::flow`] is reached (frames queued for the client, requests
 //! in progress, and for a `Publish` the unconfirmed bytes or a blocking alarm), and while a
 //! publish waits for room towards its owner shard it stops reading too, so backpressure reaches
-//! the client's socket. The writer sends whatever the other parts queued in the connection's send buffer, one
-//! `write` per wake-up however many frames it holds. The ticker enforces the handshake deadline
+//! the client's socket. The writer sends whatever the other parts queued in the connection's
+//! send buffer, one `write` per wake-up however many frames it holds. The ticker enforces the handshake deadline
 //! and heartbeats, with times from the wire crate's state machine.
 //!
 //! Every frame passes [`ruuster_wire::Connection`] before it is handled or sent, which keeps the

@@ -5,19 +5,28 @@
 //! bound never drops data and never fails a request: the connection that feeds the buffer stops
 //! reading its socket, so the excess waits in the kernel's socket buffers and then in the client.
 //!
-//! | what grows | bound | what happens at the bound |
-//! |---|---|---|
-//! | a connection's receive buffer | the negotiated frame size | frame refused, 101 |
-//! | messages published and not yet confirmed, per connection | `unconfirmed_max` messages, `unconfirmed_bytes_max` bytes | 401 for the count (the client must wait); the reader holds for the bytes |
-//! | frames queued for a client that does not read (replies, returns, confirms) | [`OUTBOUND_HOLD_BYTES`] | the reader holds until the writer drains |
-//! | topology and stats requests in progress, per connection | [`REQUESTS_IN_FLIGHT_MAX`] | the reader holds |
-//! | publish envelopes one shard has sent to one owner shard and not had answered (outbox, ring, the owner's append queue, the journal tail) | [`PUBLISH_BYTES_IN_FLIGHT_MAX`] per pair | the publishing connection waits, so its reader holds |
-//! | messages in a data outbox | `mesh::DATA_OUTBOX_MESSAGES_MAX` | the sender waits |
-//! | the journal's unsynced tail | the store's `unsynced_bytes_max` (16 MiB) | the appender waits for an fdatasync |
-//! | messages held by a shard's queues, ready and unacked | `queue_memory_max_bytes` per shard | every publishing connection is blocked with 602 |
-//! | deliveries a connection holds unacked (each is also a frame in its send buffer until written) | prefetch per consumer, `unacked_per_connection_max` per connection | consume refused, 502 or 603 |
-//! | connections | `connections_per_shard_max` | connection refused, 600 |
-//! | disk | `disk_free_limit_bytes` free | every publishing connection is blocked with 601 |
+//! What grows, its bound, and what happens at the bound:
+//!
+//! - a connection's receive buffer: the negotiated frame size; the frame is refused with 101;
+//! - messages published and not yet confirmed, per connection: `unconfirmed_max` messages (the
+//!   client must wait; past it, 401) and `unconfirmed_bytes_max` bytes (the reader holds);
+//! - frames queued for a client that does not read (replies, returns, confirms):
+//!   [`OUTBOUND_HOLD_BYTES`]; the reader holds until the writer drains;
+//! - topology and stats requests in progress, per connection: [`REQUESTS_IN_FLIGHT_MAX`]; the
+//!   reader holds;
+//! - publish envelopes one shard has sent to one owner shard and not had answered (the outbox,
+//!   the ring, the owner's append queue, the journal tail): [`PUBLISH_BYTES_IN_FLIGHT_MAX`] per
+//!   pair; the publishing connection waits, so its reader holds;
+//! - messages in a data outbox: `mesh::DATA_OUTBOX_MESSAGES_MAX`; the sender waits;
+//! - the journal's unsynced tail: the store's `unsynced_bytes_max` (16 MiB); the appender waits
+//!   for an fdatasync;
+//! - messages held by a shard's queues, ready and unacked: `queue_memory_max_bytes` per shard;
+//!   every publishing connection is blocked with 602;
+//! - deliveries a connection holds unacked (each is also a frame in its send buffer until
+//!   written): the prefetch per consumer and `unacked_per_connection_max` per connection; the
+//!   consume is refused with 502 or 603;
+//! - connections: `connections_per_shard_max`; the connection is refused with 600;
+//! - disk: `disk_free_limit_bytes` free; every publishing connection is blocked with 601.
 //!
 //! A blocked connection is told so with `Blocked` (the code and a reason) the first time it
 //! publishes while blocked, or at once if it has published before, and with `Unblocked` when the
