@@ -272,6 +272,18 @@ impl Core {
         }
     }
 
+    /// The appender enqueued about `bytes` more (charged as the queues charge them). Adds them
+    /// to the last measured figure and measures exactly only when that crosses the limit, so an
+    /// append costs no walk over the shard's queues; the ticker measures exactly meanwhile.
+    pub fn note_enqueued(self: &Rc<Self>, bytes: u64) {
+        let estimate = self.flow.queue_memory_bytes.get() + bytes;
+        self.flow.queue_memory_bytes.set(estimate);
+        let raised = self.flow.memory_high.borrow()[self.index];
+        if !raised && estimate >= self.flow.limits.get().queue_memory_max_bytes {
+            self.check_memory();
+        }
+    }
+
     /// Measures this shard's queue memory and raises or clears its alarm on every shard.
     pub fn check_memory(self: &Rc<Self>) {
         let bytes = self.owned_queue_memory_bytes();

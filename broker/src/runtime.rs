@@ -1102,11 +1102,14 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
         Some(Ok(appended)) => appended.offsets.start,
         _ => 0,
     };
+    let mut enqueued_bytes = 0u64;
     for (publish, targets) in batch.into_iter().zip(targets_per_publish) {
         let stored = !targets.is_empty();
         if stored && let Some(Ok(_)) = &appended {
             enqueue(core, record_offset, &targets, &publish.envelope);
             record_offset += 1;
+            enqueued_bytes += (publish.envelope.bytes().len() as u64 + queue::MESSAGE_ENTRY_BYTES)
+                * targets.len() as u64;
         }
         placed.push(Placed {
             origin: publish.origin,
@@ -1118,7 +1121,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             size_bytes: publish.envelope.bytes().len() as u32,
         });
     }
-    core.check_memory();
+    core.note_enqueued(enqueued_bytes);
 
     match appended {
         None => confirm(core, &placed, |_| Ok(Durability::Fsynced)),
