@@ -27,6 +27,10 @@ pub const IO_MEMORY_BYTES_MAX: usize = 10 << 20;
 /// Below this, registered buffers stop paying for themselves; glommio itself needs 512 KiB.
 pub const IO_MEMORY_BYTES_MIN: usize = 512 << 10;
 
+/// The shortest free-space check period: a `statvfs` costs microseconds, but checking more often
+/// than this only burns wake-ups.
+pub const DISK_CHECK_INTERVAL_MS_MIN: u64 = 10;
+
 /// When the journal calls fdatasync (see README, "Guarantees").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +59,18 @@ pub struct Limits {
     pub heartbeat_ms: u32,
     /// A client must complete its handshake within this.
     pub handshake_timeout_ms: u64,
+    /// Bytes of published messages awaiting a confirm per connection. Above it the broker stops
+    /// reading the connection's socket until confirms bring it below: `unconfirmed_max` alone
+    /// would let one connection hold 64 GiB of 1 MiB messages.
+    pub unconfirmed_bytes_max: u64,
+    /// Deliveries one connection may hold unacked, over all its consumers: a consume whose
+    /// prefetch would take the connection past it is refused with `limit-exceeded`. Two
+    /// consumers at the largest prefetch fit the default.
+    pub unacked_per_connection_max: u32,
+    /// Bytes of messages the queues of one shard may hold in memory (bodies plus a fixed cost
+    /// per message, ready and unacked). Above it every publishing connection is blocked with
+    /// `memory-low` until acks bring the shard below 7/8 of it.
+    pub queue_memory_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -66,6 +82,9 @@ impl Default for Limits {
             frame_size_max: 1 << 20,
             heartbeat_ms: 10_000,
             handshake_timeout_ms: 10_000,
+            unconfirmed_bytes_max: 32 << 20,
+            unacked_per_connection_max: 131_072,
+            queue_memory_max_bytes: 1 << 30,
         }
     }
 }
@@ -100,7 +119,20 @@ pub struct Config {
     /// `--unsafe-confirm-before-append-for-crash-tests` sets it (the TOML file cannot), and the
     /// broker says so at `error` level when it starts.
     pub unsafe_confirm_before_append: bool,
+    /// Below this many free bytes on the data directory's filesystem, every publishing
+    /// connection is blocked with `disk-low`; 0 disables the check.
+    pub disk_free_limit_bytes: u64,
+    /// How often the free space is measured (one `statvfs`, off the shards' executors).
+    pub disk_check_interval_ms: u64,
 }
+
+/// The default free-space limit. A shard that rolls its journal preallocates a whole segment
+/// (64 MiB by default), and while publishers are blocked the journals still need room: for
+/// publishes already accepted, for the settlement records that acks write (acks are what frees
+/// space), and for compaction's copies. 1 GiB is 16 default segments, two rolls for each of 8
+/// shards; RabbitMQ's 50 MB would not hold one segment. Start-up warns when the limit is below
+/// two segments per shard.
+pub const DISK_FREE_LIMIT_BYTES_DEFAULT: u64 = 1 << 30;
 
 impl Default for Config {
     fn default() -> Self {
@@ -116,6 +148,8 @@ impl Default for Config {
             limits: Limits::default(),
             users: Vec::new(),
             unsafe_confirm_before_append: false,
+            disk_free_limit_bytes: DISK_FREE_LIMIT_BYTES_DEFAULT,
+            disk_check_interval_ms: 500,
         }
     }
 }
@@ -134,6 +168,8 @@ pub struct ConfigFile {
     pub segment_bytes: Option<u64>,
     pub limits: Option<Limits>,
     pub users: Option<Vec<crate::users::UserConfig>>,
+    pub disk_free_limit_bytes: Option<u64>,
+    pub disk_check_interval_ms: Option<u64>,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -217,6 +253,12 @@ impl Config {
         if let Some(users) = file.users {
             self.users = users;
         }
+        if let Some(limit) = file.disk_free_limit_bytes {
+            self.disk_free_limit_bytes = limit;
+        }
+        if let Some(interval) = file.disk_check_interval_ms {
+            self.disk_check_interval_ms = interval;
+        }
     }
 
     /// Checks what can be checked without touching the host.
@@ -233,6 +275,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "cpus",
                 message: "the list is empty".to_string(),
+            });
+        }
+        if self.disk_check_interval_ms < DISK_CHECK_INTERVAL_MS_MIN {
+            return Err(ConfigError::Invalid {
+                field: "disk_check_interval_ms",
+                message: format!(
+                    "{} is below {DISK_CHECK_INTERVAL_MS_MIN}",
+                    self.disk_check_interval_ms
+                ),
             });
         }
         if self.listen.parse::<SocketAddr>().is_err() && !self.listen.contains(':') {
@@ -265,6 +316,31 @@ mod tests {
         assert_eq!(config.shards, Some(3));
         assert_eq!(config.listen, "0.0.0.0:7000");
         assert_eq!(config.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
+    }
+
+    #[test]
+    fn the_free_space_and_flow_limits_are_read_from_the_file() {
+        let text = "disk_free_limit_bytes = 0\ndisk_check_interval_ms = 50\n[limits]\n\
+                    queue_memory_max_bytes = 1024\nunconfirmed_bytes_max = 2048\n\
+                    unacked_per_connection_max = 7\n";
+        let file: ConfigFile = toml::from_str(text).unwrap();
+        let mut config = Config::default();
+        config.apply(file);
+        assert_eq!(config.disk_free_limit_bytes, 0);
+        assert_eq!(config.disk_check_interval_ms, 50);
+        assert_eq!(config.limits.queue_memory_max_bytes, 1024);
+        assert_eq!(config.limits.unconfirmed_bytes_max, 2048);
+        assert_eq!(config.limits.unacked_per_connection_max, 7);
+        assert_eq!(config.limits.prefetch_max, Limits::default().prefetch_max);
+        assert_eq!(
+            Config::default().disk_free_limit_bytes,
+            DISK_FREE_LIMIT_BYTES_DEFAULT
+        );
+        let too_often = Config {
+            disk_check_interval_ms: DISK_CHECK_INTERVAL_MS_MIN - 1,
+            ..Config::default()
+        };
+        assert!(too_often.validate().is_err());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! One client connection on a shard: the handshake, frames in and out, confirms in order, and the
 //! delivery tags of its consumers.
 //!
-//! Three tasks serve a connection. The reader decodes frames and acts on them; while a publish
-//! waits for room in a shard's outbox, it stops reading, so backpressure reaches the client's
-//! socket. The writer sends whatever the other parts queued in the connection's send buffer, one
-//! `write` per wake-up however many frames it holds. The ticker enforces the handshake deadline
+//! Three tasks serve a connection. The reader decodes frames and acts on them; before each frame
+//! it holds while a bound of [`crate::flow`] is reached (frames queued for the client, requests
+//! in progress, and for a `Publish` the unconfirmed bytes or a blocking alarm), and while a
+//! publish waits for room towards its owner shard it stops reading too, so backpressure reaches
+//! the client's socket. The writer sends whatever the other parts queued in the connection's
+//! send buffer, one `write` per wake-up however many frames it holds. The ticker enforces the handshake deadline
 //! and heartbeats, with times from the wire crate's state machine.
 //!
 //! Every frame passes [`ruuster_wire::Connection`] before it is handled or sent, which keeps the
@@ -22,10 +24,10 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::{AsyncRead, AsyncWrite};
 use ruuster_wire::frame::{
-    Cancel, CancelNotice, CancelOk, Close, CloseOk, Confirm, Consume, ConsumeOk, Deliver,
+    Blocked, Cancel, CancelNotice, CancelOk, Close, CloseOk, Confirm, Consume, ConsumeOk, Deliver,
     ErrorReply, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete, ExchangeDeleteOk, Heartbeat,
     Publish, QueueBindOk, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge,
-    QueuePurgeOk, QueueUnbindOk, Return, StatsOk,
+    QueuePurgeOk, QueueUnbindOk, Return, StatsOk, Unblocked,
 };
 use ruuster_wire::handshake::{PlainCredentials, ServerSettings, negotiate};
 use ruuster_wire::{
@@ -53,7 +55,15 @@ pub struct ConnectionSettings {
     pub handshake_timeout: Duration,
     pub server: ServerSettings,
     pub users: Users,
+    /// Bytes of unconfirmed publishes above which the reader holds.
+    pub unconfirmed_bytes_max: u64,
+    /// Deliveries the connection's consumers may hold unacked together (by their prefetch).
+    pub unacked_max: u32,
 }
+
+/// How often a held reader looks again at what holds it, besides being woken: it also notices a
+/// closing connection this way.
+const HOLD_RECHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the connection's consumer holds on one delivery tag.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +79,8 @@ struct Consumer {
     tag: ShortStr,
     queue: QueueId,
     owner: u16,
+    /// The prefetch the queue applies (0 asked for the largest).
+    prefetch: u32,
 }
 
 /// One message's confirm, waiting for its targets and for the messages before it.
@@ -76,6 +88,8 @@ struct Consumer {
 struct Pending {
     targets_left: u16,
     status: ConfirmStatus,
+    /// The message's body size, counted against `unconfirmed_bytes_max` until it is confirmed.
+    size_bytes: u32,
 }
 
 /// Confirms in publish-sequence order.
@@ -84,6 +98,8 @@ struct Confirms {
     /// The sequence of `pending[0]`.
     first: u64,
     pending: VecDeque<Pending>,
+    /// The sum of `size_bytes` over `pending`.
+    pending_bytes: u64,
 }
 
 impl Confirms {
@@ -91,10 +107,11 @@ impl Confirms {
         Confirms {
             first: 1,
             pending: VecDeque::new(),
+            pending_bytes: 0,
         }
     }
 
-    fn push(&mut self, sequence: u64, targets: u16, status: ConfirmStatus) {
+    fn push(&mut self, sequence: u64, targets: u16, status: ConfirmStatus, size_bytes: u32) {
         assert_eq!(
             sequence,
             self.first + self.pending.len() as u64,
@@ -103,7 +120,9 @@ impl Confirms {
         self.pending.push_back(Pending {
             targets_left: targets,
             status,
+            size_bytes,
         });
+        self.pending_bytes += u64::from(size_bytes);
     }
 
     /// Records one target shard's outcome for `sequence`.
@@ -135,12 +154,14 @@ impl Confirms {
             let status = front.status;
             let first = self.first;
             let mut last = first;
+            self.pending_bytes -= u64::from(front.size_bytes);
             self.pending.pop_front();
             self.first += 1;
             while let Some(next) = self.pending.front() {
                 if next.targets_left > 0 || next.status != status {
                     break;
                 }
+                self.pending_bytes -= u64::from(next.size_bytes);
                 self.pending.pop_front();
                 last = self.first;
                 self.first += 1;
@@ -174,6 +195,13 @@ struct Shared {
     queries: RefCell<HashMap<u64, flume::Sender<QueryReply>>>,
     next_query: Cell<u64>,
     owns_exclusive_queues: Cell<bool>,
+    /// The connection has sent a `Publish`: it is told when publishers are blocked.
+    publisher: Cell<bool>,
+    /// A `Blocked` was sent and no `Unblocked` since.
+    blocked_notice: Cell<bool>,
+    /// Rung when something that may hold the reader changed.
+    resume_bell: (flume::Sender<()>, flume::Receiver<()>),
+    requests_in_flight: Cell<u32>,
 }
 
 impl Shared {
@@ -201,16 +229,19 @@ impl Shared {
         let _ = self.write_bell.0.try_send(());
     }
 
+    /// Answers a failed request: `ErrorReply`, or `Close` for a code that ends the connection
+    /// (PROTOCOL.md section 10: the frame, not the code, says whether the connection ends).
     fn error_reply(&self, request_id: u32, code: ErrorCode, message: &str) {
+        if code.closes_connection() {
+            self.close(code, message);
+            return;
+        }
         let message = short(message);
         self.send(Frame::ErrorReply(ErrorReply {
             request_id,
             code,
             message,
         }));
-        if code.closes_connection() {
-            self.close(code, "closed after error");
-        }
     }
 
     fn close(&self, code: ErrorCode, reason: &str) {
@@ -227,8 +258,38 @@ impl Shared {
     fn flush_confirms(&self) {
         let mut scratch = self.confirm_scratch.borrow_mut();
         self.confirms.borrow_mut().ready(&mut scratch);
+        if !scratch.is_empty() {
+            self.resume();
+        }
         for confirm in scratch.drain(..) {
             self.send(Frame::Confirm(confirm));
+        }
+    }
+
+    fn resume(&self) {
+        let _ = self.resume_bell.0.try_send(());
+    }
+
+    /// Sends `Blocked` or `Unblocked` if a publishing connection's notice differs from the
+    /// shard's blocking state.
+    fn sync_blocked_notice(&self) {
+        if !self.publisher.get() {
+            return;
+        }
+        let blocking = self.core.flow.blocking();
+        match (blocking, self.blocked_notice.get()) {
+            (Some(blocking), false) => {
+                self.blocked_notice.set(true);
+                self.send(Frame::Blocked(Blocked {
+                    code: blocking.code,
+                    reason: short(&blocking.reason),
+                }));
+            }
+            (None, true) => {
+                self.blocked_notice.set(false);
+                self.send(Frame::Unblocked(Unblocked));
+            }
+            _ => {}
         }
     }
 
@@ -336,6 +397,13 @@ impl ConnectionSink for Shared {
             let _ = sender.send(reply);
         }
     }
+
+    fn flow_changed(&self) {
+        if self.wire.borrow().state() == ruuster_wire::State::Open {
+            self.sync_blocked_notice();
+        }
+        self.resume();
+    }
 }
 
 /// Serves one accepted connection until it closes.
@@ -367,6 +435,10 @@ where
         queries: RefCell::new(HashMap::new()),
         next_query: Cell::new(1),
         owns_exclusive_queues: Cell::new(false),
+        publisher: Cell::new(false),
+        blocked_notice: Cell::new(false),
+        resume_bell: flume::bounded(1),
+        requests_in_flight: Cell::new(0),
     });
     let serial = core.add_connection(shared.clone());
     shared.serial.set(serial);
@@ -400,9 +472,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Rc<Shared>, mut writer: W) {
         if pending {
             if writer.write_all(&spare).await.is_err() {
                 shared.closing.set(true);
+                shared.resume();
                 return;
             }
             spare.clear();
+            shared.resume();
             continue;
         }
         if shared.closing.get() {
@@ -452,6 +526,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Rc<Shared>, mut reader: R) {
             decoder.set_frame_size_max(shared.wire.borrow().frame_size_max());
             match decoder.decode(&mut buffer) {
                 Ok(Some(frame)) => {
+                    hold(shared, matches!(frame, Frame::Publish(_))).await;
                     if !handle(shared, frame).await {
                         return;
                     }
@@ -479,6 +554,70 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Rc<Shared>, mut reader: R) {
         match read {
             Some(0) | None => return,
             Some(count) => buffer.extend_from_slice(&chunk[..count]),
+        }
+    }
+}
+
+/// What holds a reader before its next frame, if anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// The client does not read what it asked for: its frames wait in the send buffer.
+    ClientNotReading,
+    /// The broker is slow: requests in progress, unconfirmed bytes, or a blocking alarm.
+    Broker,
+}
+
+fn hold_reason(shared: &Shared, publish: bool) -> Option<Hold> {
+    if shared.outbound.borrow().len() >= crate::flow::OUTBOUND_HOLD_BYTES {
+        return Some(Hold::ClientNotReading);
+    }
+    if shared.requests_in_flight.get() >= crate::flow::REQUESTS_IN_FLIGHT_MAX {
+        return Some(Hold::Broker);
+    }
+    if publish
+        && (shared.core.flow.blocking().is_some()
+            || shared.confirms.borrow().pending_bytes >= shared.settings.unconfirmed_bytes_max)
+    {
+        return Some(Hold::Broker);
+    }
+    None
+}
+
+/// Waits until the reader may handle its next frame (`publish`: a `Publish`). A closing
+/// connection is not held: its state machine discards what arrives until `CloseOk`. While the
+/// broker holds the reader, the client's silence is not counted: its heartbeats wait unread in
+/// the socket. While the client is what holds it (it does not read), its silence counts as
+/// usual.
+async fn hold(shared: &Rc<Shared>, publish: bool) {
+    if publish && !shared.publisher.replace(true) {
+        shared.sync_blocked_notice();
+    }
+    let mut held = false;
+    loop {
+        if shared.closing.get() {
+            return;
+        }
+        if publish {
+            shared.sync_blocked_notice();
+        }
+        let Some(reason) = hold_reason(shared, publish) else {
+            return;
+        };
+        if !held {
+            held = true;
+            shared.core.flow.count_hold();
+            tracing::trace!(?reason, "reader holds");
+        }
+        let bell = shared.resume_bell.1.recv_async();
+        futures_lite::future::or(
+            async {
+                let _ = bell.await;
+            },
+            glommio::timer::sleep(HOLD_RECHECK_INTERVAL),
+        )
+        .await;
+        if reason == Hold::Broker {
+            shared.wire.borrow_mut().defer_silence(Instant::now());
         }
     }
 }
@@ -542,7 +681,17 @@ async fn handle(shared: &Rc<Shared>, frame: Frame) -> bool {
             // Topology and stats requests go to their own task so that a client may pipeline
             // them; their replies carry the request id.
             let shared = shared.clone();
-            glommio::spawn_local(async move { request(&shared, other).await }).detach();
+            shared
+                .requests_in_flight
+                .set(shared.requests_in_flight.get() + 1);
+            glommio::spawn_local(async move {
+                request(&shared, other).await;
+                shared
+                    .requests_in_flight
+                    .set(shared.requests_in_flight.get() - 1);
+                shared.resume();
+            })
+            .detach();
         }
     }
     true
@@ -604,7 +753,7 @@ async fn publish_frame(shared: &Rc<Shared>, first_sequence: u64, publish: Publis
             shared
                 .confirms
                 .borrow_mut()
-                .push(sequence, 0, ConfirmStatus::Unroutable);
+                .push(sequence, 0, ConfirmStatus::Unroutable, 0);
             shared.flush_confirms();
             continue;
         }
@@ -632,6 +781,7 @@ async fn publish_frame(shared: &Rc<Shared>, first_sequence: u64, publish: Publis
             sequence,
             shard_groups.len() as u16,
             ConfirmStatus::Stored(Durability::Fsynced),
+            message.body.len() as u32,
         );
         for (shard, ids) in shard_groups {
             let envelope = Envelope {
@@ -653,7 +803,7 @@ fn reject(shared: &Shared, sequence: u64, code: ErrorCode) {
     shared
         .confirms
         .borrow_mut()
-        .push(sequence, 0, ConfirmStatus::Rejected(code));
+        .push(sequence, 0, ConfirmStatus::Rejected(code), 0);
     shared.flush_confirms();
 }
 
@@ -741,6 +891,21 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         );
         return;
     }
+    let prefetch = if consume.prefetch == 0 {
+        crate::queue::PREFETCH_COUNT_MAX
+    } else {
+        consume.prefetch
+    };
+    let unacked_max = u64::from(shared.settings.unacked_max);
+    if unacked_bound(shared, &consumers) + u64::from(prefetch) > unacked_max {
+        drop(consumers);
+        shared.error_reply(
+            consume.request_id,
+            ErrorCode::LIMIT_EXCEEDED,
+            &format!("the connection's consumers would hold more than {unacked_max} unacked"),
+        );
+        return;
+    }
     let id = shared.next_consumer.get();
     if id >= CONSUMERS_PER_CONNECTION_MAX {
         drop(consumers);
@@ -759,6 +924,7 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
             tag: consume.consumer_tag.clone(),
             queue: queue.id,
             owner,
+            prefetch,
         },
     );
     drop(consumers);
@@ -782,6 +948,22 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         prefetch: consume.prefetch,
     };
     shared.core.send_control_now(usize::from(owner), message);
+}
+
+/// The most deliveries the connection can come to hold unacked with its current consumers: each
+/// active consumer's prefetch, plus what cancelled consumers still hold.
+fn unacked_bound(shared: &Shared, consumers: &HashMap<u32, Consumer>) -> u64 {
+    let active: u64 = consumers
+        .values()
+        .map(|consumer| u64::from(consumer.prefetch))
+        .sum();
+    let orphaned = shared
+        .held
+        .borrow()
+        .values()
+        .filter(|held| !consumers.contains_key(&held.consumer))
+        .count() as u64;
+    active + orphaned
 }
 
 fn cancel_frame(shared: &Rc<Shared>, cancel: Cancel) {
@@ -1161,10 +1343,10 @@ mod tests {
     #[test]
     fn confirms_leave_in_order_merged_by_status() {
         let mut confirms = Confirms::new();
-        confirms.push(1, 1, ConfirmStatus::Stored(Durability::Fsynced));
-        confirms.push(2, 2, ConfirmStatus::Stored(Durability::Fsynced));
-        confirms.push(3, 0, ConfirmStatus::Unroutable);
-        confirms.push(4, 1, ConfirmStatus::Stored(Durability::Fsynced));
+        confirms.push(1, 1, ConfirmStatus::Stored(Durability::Fsynced), 1);
+        confirms.push(2, 2, ConfirmStatus::Stored(Durability::Fsynced), 1);
+        confirms.push(3, 0, ConfirmStatus::Unroutable, 1);
+        confirms.push(4, 1, ConfirmStatus::Stored(Durability::Fsynced), 1);
         let mut out = Vec::new();
 
         confirms.answer(2, Ok(Durability::Written));
@@ -1198,8 +1380,8 @@ mod tests {
     #[test]
     fn one_failed_target_makes_the_confirm_negative() {
         let mut confirms = Confirms::new();
-        confirms.push(1, 2, ConfirmStatus::Stored(Durability::Fsynced));
-        confirms.push(2, 1, ConfirmStatus::Stored(Durability::Fsynced));
+        confirms.push(1, 2, ConfirmStatus::Stored(Durability::Fsynced), 1);
+        confirms.push(2, 1, ConfirmStatus::Stored(Durability::Fsynced), 1);
         confirms.answer(1, Err(ErrorCode::STORAGE_FAILED));
         confirms.answer(1, Ok(Durability::Fsynced));
         confirms.answer(2, Ok(Durability::Fsynced));
@@ -1216,13 +1398,18 @@ mod tests {
     fn equal_outcomes_merge_into_one_range() {
         let mut confirms = Confirms::new();
         for sequence in 1..=100 {
-            confirms.push(sequence, 1, ConfirmStatus::Stored(Durability::Fsynced));
+            confirms.push(sequence, 1, ConfirmStatus::Stored(Durability::Fsynced), 1);
         }
+        assert_eq!(confirms.pending_bytes, 100, "each message counted its size");
         for sequence in (1..=100).rev() {
             confirms.answer(sequence, Ok(Durability::Fsynced));
         }
         let mut out = Vec::new();
         confirms.ready(&mut out);
+        assert_eq!(
+            confirms.pending_bytes, 0,
+            "confirmed messages release their bytes"
+        );
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].first, out[0].last), (1, 100));
     }

@@ -82,14 +82,28 @@ impl std::fmt::Display for EnvelopeError {
 impl std::error::Error for EnvelopeError {}
 
 impl Envelope<'_> {
+    /// An upper bound of the archive's size: the fixed part, the fields' bytes, and alignment
+    /// slack (the archive is unaligned, so there is little).
+    fn archive_bytes_max(&self) -> usize {
+        ARCHIVED_ENVELOPE_BYTES
+            + 4 * self.queues.len()
+            + self.exchange.len()
+            + self.routing_key.len()
+            + self.body.len()
+            + 64
+    }
+
     /// Archives the envelope. The body is copied once, here.
     pub fn encode(&self) -> StoredEnvelope {
         assert!(!self.queues.is_empty() && self.queues.len() <= TARGET_QUEUES_MAX);
         assert!(self.queues.windows(2).all(|pair| pair[0] < pair[1]));
         assert_eq!(self.flags & !flags::KNOWN, 0);
 
-        let archive: AlignedVec =
-            rkyv::to_bytes::<rancor::Error>(self).expect("serialising into memory cannot fail");
+        // Sized up front: a growing buffer doubles, and the queues keep the whole allocation
+        // for as long as they hold the message while their memory limit counts only its length.
+        let buffer: AlignedVec = AlignedVec::with_capacity(self.archive_bytes_max());
+        let archive = rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, buffer)
+            .expect("serialising into memory cannot fail");
         StoredEnvelope {
             bytes: Bytes::from_owner(archive),
         }
@@ -164,6 +178,24 @@ mod tests {
 
     fn sample() -> (Vec<u32>, Vec<u8>) {
         (vec![3, 7], b"\x01\x02body".to_vec())
+    }
+
+    #[test]
+    fn the_archive_fits_the_buffer_sized_for_it() {
+        for (queue_count, body_bytes) in [(1, 0), (1, 4096), (7, 3), (1024, 65_536)] {
+            let queues: Vec<u32> = (0..queue_count).collect();
+            let body = vec![1u8; body_bytes];
+            let envelope = Envelope {
+                queues: &queues,
+                exchange: "an-exchange",
+                routing_key: "a.routing.key",
+                published_at_ns: 1,
+                flags: 0,
+                body: &body,
+            };
+            let archive = rkyv::to_bytes::<rancor::Error>(&envelope).unwrap();
+            assert!(archive.len() <= envelope.archive_bytes_max());
+        }
     }
 
     #[test]

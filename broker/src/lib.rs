@@ -17,6 +17,8 @@
 //! - [`listeners`]: client sockets made with socket2, so that a second broker cannot silently
 //!   share the port (glommio's own `bind` always sets `SO_REUSEPORT`).
 //! - [`journal`]: the message and settlement records each shard writes to its journal.
+//! - [`flow`]: the bounds on every buffer, backpressure, and the memory and free-space alarms
+//!   that block publishers.
 //! - [`queue`]: one queue's state machine (ready list, unacked deliveries, consumer credit).
 //! - [`connection`]: one client connection: handshake, frames, confirms in order, delivery
 //!   tags.
@@ -33,6 +35,7 @@ pub mod connection;
 pub mod control;
 pub mod data_dir;
 pub mod envelope;
+pub mod flow;
 pub mod journal;
 pub mod listeners;
 pub mod mesh;

@@ -36,6 +36,10 @@ struct Flags {
     /// When the journal fdatasyncs: always (group commit, the default), interval, or os.
     #[arg(long, value_parser = parse_fsync)]
     fsync: Option<FsyncPolicy>,
+    /// Block publishers when the data directory's filesystem has fewer free bytes than this
+    /// (0 disables the check). Default: 1 GiB.
+    #[arg(long)]
+    disk_free_limit_bytes: Option<u64>,
     /// Print a password_hash for the config's [[users]] and exit.
     #[arg(long, value_name = "PASSWORD")]
     hash_password: Option<String>,
@@ -86,6 +90,7 @@ fn run() -> anyhow::Result<()> {
         shards: flags.shards,
         cpus: flags.cpus,
         fsync: flags.fsync,
+        disk_free_limit_bytes: flags.disk_free_limit_bytes,
         ..ConfigFile::default()
     });
     config.unsafe_confirm_before_append = flags.unsafe_confirm_before_append_for_crash_tests;

@@ -39,6 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::control::{ControlOp, ControlRequest, Snapshot};
 use crate::envelope::StoredEnvelope;
+use crate::flow::Flow;
 use crate::journal::{self, Decoded, RECORD_MESSAGE, RECORD_SETTLEMENT, Target};
 use crate::mesh::{Lane, Mesh};
 use crate::queue::{self, ConsumerId, Delivery, Departure, MessageMeta, Queue, QueueRecovery};
@@ -97,7 +98,11 @@ pub enum ShardMessage {
         connection: u64,
         sequence: u64,
         outcome: Result<Durability, ErrorCode>,
+        /// The envelope's size, which the publishing shard counted as in flight to this one.
+        size_bytes: u32,
     },
+    /// The sending shard's queue memory crossed its limit (raised) or fell back below it.
+    MemoryAlarm { raised: bool },
     Consume {
         queue: QueueId,
         consumer: ConsumerId,
@@ -182,6 +187,8 @@ pub trait ConnectionSink {
     fn consume_result(&self, request_id: u32, consumer: u32, refused: Option<ErrorCode>);
     fn cancel_notice(&self, consumer: u32, code: ErrorCode);
     fn reply(&self, token: u64, reply: QueryReply);
+    /// The shard's blocking state changed (see [`crate::flow`]).
+    fn flow_changed(&self);
 }
 
 /// A consumer's identity on its queue's owner: the connection's shard and serial and the
@@ -266,6 +273,7 @@ pub struct Core {
     pub control: flume::Sender<ControlRequest>,
     pub counters: Counters,
     pub stages: Stages,
+    pub flow: Flow,
     mesh: std::cell::OnceCell<Mesh<ShardMessage>>,
     snapshot: RefCell<Arc<Snapshot>>,
     queues: RefCell<HashMap<QueueId, OwnedQueue>>,
@@ -317,6 +325,7 @@ impl Core {
             control,
             counters: Counters::default(),
             stages: Stages::default(),
+            flow: Flow::default(),
             mesh: std::cell::OnceCell::new(),
             snapshot: RefCell::new(snapshot),
             queues: RefCell::new(HashMap::new()),
@@ -442,7 +451,9 @@ impl Core {
                 connection,
                 sequence,
                 outcome,
+                size_bytes,
             } => {
+                self.publish_answered(from, u64::from(size_bytes));
                 if let Some(sink) = self.sink(connection) {
                     sink.stored(sequence, outcome);
                 }
@@ -454,6 +465,7 @@ impl Core {
                 prefetch,
             } => self.consume(queue, consumer, request_id, prefetch),
             ShardMessage::Cancel { queue, consumer } => self.cancel(queue, consumer),
+            ShardMessage::MemoryAlarm { raised } => self.set_memory_alarm(from, raised),
             ShardMessage::Settle {
                 queue,
                 consumer,
@@ -488,6 +500,20 @@ impl Core {
 
     fn sink(&self, connection: u64) -> Option<Rc<dyn ConnectionSink>> {
         self.connections.borrow().get(&connection).cloned()
+    }
+
+    /// Every connection on this shard.
+    pub(crate) fn sinks(&self) -> Vec<Rc<dyn ConnectionSink>> {
+        self.connections.borrow().values().cloned().collect()
+    }
+
+    /// What this shard's queues charge against the memory limit (see [`Queue::memory_bytes`]).
+    pub(crate) fn owned_queue_memory_bytes(&self) -> u64 {
+        let queues = self.queues.borrow();
+        queues
+            .values()
+            .map(|owned| owned.queue.memory_bytes())
+            .sum()
     }
 
     /// Sends a control-lane message without awaiting (control sends never wait).
@@ -694,6 +720,9 @@ impl Core {
                 "journal_records_copied_count",
                 counters.records_copied_count.get(),
             ),
+            ("queue_memory_bytes", self.flow.queue_memory_bytes()),
+            ("flow_holds_count", self.flow.holds_count.get()),
+            ("flow_blocked_count", self.flow.blocked_count.get()),
         ]
     }
 
@@ -756,6 +785,8 @@ impl Core {
         envelope: StoredEnvelope,
     ) {
         bump(&self.counters.published_count, 1);
+        self.reserve_publish(shard, envelope.bytes().len() as u64)
+            .await;
         self.send(
             shard,
             ShardMessage::Publish {
@@ -777,6 +808,7 @@ impl Core {
         glommio::spawn_local(appender(self.clone())).detach();
         glommio::spawn_local(dispatcher(self.clone())).detach();
         glommio::spawn_local(settler(self.clone())).detach();
+        glommio::spawn_local(crate::flow::memory_ticker(self.clone())).detach();
     }
 
     /// Rebuilds the owned queues from the journal. Runs before the shard serves anything.
@@ -1005,6 +1037,8 @@ struct Placed {
     published_at_ns: u64,
     /// Confirmed before the append (the crash tests' negative control): report nothing more.
     confirmed_early: bool,
+    /// The envelope's size, answered back to the publishing shard's flow control.
+    size_bytes: u32,
 }
 
 async fn appender(core: Rc<Core>) {
@@ -1033,6 +1067,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
                 connection: publish.connection,
                 sequence: publish.sequence,
                 outcome: Ok(publish.level),
+                size_bytes: publish.envelope.bytes().len() as u32,
             };
             core.send_control_now(publish.origin, message);
         }
@@ -1101,11 +1136,14 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
         Some(Ok(appended)) => appended.offsets.start,
         _ => 0,
     };
+    let mut enqueued_bytes = 0u64;
     for (publish, targets) in batch.into_iter().zip(targets_per_publish) {
         let stored = !targets.is_empty();
         if stored && let Some(Ok(_)) = &appended {
             enqueue(core, record_offset, &targets, &publish.envelope);
             record_offset += 1;
+            enqueued_bytes += (publish.envelope.bytes().len() as u64 + queue::MESSAGE_ENTRY_BYTES)
+                * targets.len() as u64;
         }
         placed.push(Placed {
             origin: publish.origin,
@@ -1115,11 +1153,19 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             stored,
             published_at_ns: publish.envelope.archived().published_at_ns(),
             confirmed_early,
+            size_bytes: publish.envelope.bytes().len() as u32,
         });
     }
+    core.note_enqueued(enqueued_bytes);
 
     match appended {
         None => confirm(core, &placed, |_| Ok(Durability::Fsynced)),
+        Some(Err(error)) if error.is_no_space() => {
+            // A full disk is an operating condition: the log stays usable, and the publishes
+            // are refused with the reason a client can act on.
+            warn!(%error, "journal has no space; publishes are refused");
+            confirm(core, &placed, |_| Err(ErrorCode::DISK_LOW));
+        }
         Some(Err(error)) => {
             error!(%error, "journal append failed; publishes are refused");
             confirm(core, &placed, |_| Err(ErrorCode::STORAGE_FAILED));
@@ -1230,6 +1276,7 @@ fn report(core: &Rc<Core>, publish: &Placed, outcome: Result<Durability, ErrorCo
         connection: publish.connection,
         sequence: publish.sequence,
         outcome,
+        size_bytes: publish.size_bytes,
     };
     core.send_control_now(publish.origin, message);
 }

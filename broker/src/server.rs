@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::bail;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::connection::ConnectionSettings;
 use crate::control::{Installers, Snapshot};
 use crate::data_dir::DataDir;
+use crate::flow::{FlowLimits, FreeSpaceSource, spawn_disk_monitor, statvfs_free_bytes};
 use crate::metadata::Metadata;
 use crate::shard::{self, ControlSpec as ShardControl, ShardSpec};
 use crate::users::Users;
@@ -40,6 +41,23 @@ const SERVER_NAME: &str = concat!("ruuster ", env!("CARGO_PKG_VERSION"));
 /// fields (names, keys, timestamps). A publish frame of the largest size always fits a record.
 const JOURNAL_RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// What a broker takes from its embedder besides the configuration. The default is what the
+/// binary uses.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Where free space is measured; `None` is `statvfs` on the data directory. Tests pass a
+    /// source they control, to block and unblock publishers without filling a disk.
+    pub free_space: Option<FreeSpaceSource>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("free_space", &self.free_space.is_some())
+            .finish()
+    }
+}
+
 /// A running broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -50,6 +68,8 @@ pub struct Broker {
     /// Dropped after the shards have stopped (see [`shard::Nudger`]).
     _nudger: shard::Nudger,
     _data_dir: DataDir,
+    /// Dropping it stops the free-space monitor.
+    _disk_monitor_stop: flume::Sender<()>,
 }
 
 /// Asks every shard to stop. Cloneable and `Send`, for signal handlers and tests.
@@ -70,6 +90,11 @@ impl ShutdownHandle {
 impl Broker {
     /// Checks the host, locks the data directory, binds the sockets and starts the shards.
     pub fn start(config: Config) -> anyhow::Result<Broker> {
+        Self::start_with(config, Hooks::default())
+    }
+
+    /// [`Broker::start`] with hooks.
+    pub fn start_with(config: Config, hooks: Hooks) -> anyhow::Result<Broker> {
         let started = Instant::now();
         config.validate()?;
 
@@ -153,6 +178,21 @@ impl Broker {
         };
 
         let nudger = shard::Nudger::start()?;
+        let segments_bytes_min = 2 * shard_count as u64 * config.segment_bytes;
+        if config.disk_free_limit_bytes > 0 && config.disk_free_limit_bytes < segments_bytes_min {
+            warn!(
+                disk_free_limit_bytes = config.disk_free_limit_bytes,
+                segments_bytes_min,
+                "the free-space limit is below two journal segments per shard: a full disk may \
+                 fail publishes before the limit blocks them"
+            );
+        }
+        let flow_limits = FlowLimits {
+            queue_memory_max_bytes: config.limits.queue_memory_max_bytes,
+            disk_free_limit_bytes: config.disk_free_limit_bytes,
+        };
+        let mut disk_free_senders = Vec::with_capacity(shard_count);
+
         let (ready_sender, ready) = flume::unbounded();
         let mut senders = Vec::with_capacity(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
@@ -164,6 +204,8 @@ impl Broker {
         {
             let (sender, receiver) = flume::bounded(1);
             senders.push(sender);
+            let (disk_free_sender, disk_free) = flume::bounded(1);
+            disk_free_senders.push(disk_free_sender);
             let server = ServerSettings {
                 frame_size_max: config.limits.frame_size_max,
                 heartbeat_default_ms: config.limits.heartbeat_ms,
@@ -198,10 +240,14 @@ impl Broker {
                     handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
                     server,
                     users: users.clone(),
+                    unconfirmed_bytes_max: config.limits.unconfirmed_bytes_max,
+                    unacked_max: config.limits.unacked_per_connection_max,
                 },
                 connections_max: config.limits.connections_per_shard_max,
                 nudge: nudger.handle(),
                 unsafe_confirm_before_append: config.unsafe_confirm_before_append,
+                flow_limits,
+                disk_free,
                 ready: ready_sender.clone(),
             };
             let handle = shard::spawn(spec)
@@ -209,6 +255,20 @@ impl Broker {
             shards.push(handle);
         }
         drop(ready_sender);
+        let (disk_monitor_stop, stop) = flume::bounded(1);
+        if config.disk_free_limit_bytes > 0 {
+            let source = hooks
+                .free_space
+                .clone()
+                .unwrap_or_else(|| Arc::new(statvfs_free_bytes));
+            spawn_disk_monitor(
+                data_dir.path().to_path_buf(),
+                Duration::from_millis(config.disk_check_interval_ms),
+                source,
+                disk_free_senders,
+                stop,
+            )?;
+        }
         for _ in 0..shard_count {
             // A shard that neither serves nor fails within this is stuck: refuse to start
             // rather than hang.
@@ -238,6 +298,7 @@ impl Broker {
             shards,
             _nudger: nudger,
             _data_dir: data_dir,
+            _disk_monitor_stop: disk_monitor_stop,
         })
     }
 

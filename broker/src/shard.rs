@@ -26,8 +26,14 @@ use ruuster_segment_store::{Log, Options, SyncPolicy};
 use socket2::Socket;
 use tracing::{Instrument, debug, error, info, warn};
 
+use bytes::{Bytes, BytesMut};
+use futures_lite::AsyncWriteExt;
+use ruuster_wire::frame::Close;
+use ruuster_wire::{ErrorCode, Frame, ShortStr};
+
 use crate::connection::{self, ConnectionSettings};
 use crate::control::{self, ControlRequest, Installers, Snapshot};
+use crate::flow::FlowLimits;
 use crate::mesh::ShardLinks;
 use crate::metadata::Metadata;
 use crate::runtime::{self, Core, ShardMessage};
@@ -72,6 +78,9 @@ pub struct ShardSpec {
     pub nudge: NudgeHandle,
     /// The crash tests' negative control (`Config::unsafe_confirm_before_append`).
     pub unsafe_confirm_before_append: bool,
+    pub flow_limits: FlowLimits,
+    /// The free bytes of the data directory's filesystem, from the disk monitor.
+    pub disk_free: flume::Receiver<u64>,
     /// Told once the shard serves, or why it could not start.
     pub ready: flume::Sender<Result<(), String>>,
 }
@@ -140,6 +149,7 @@ async fn run(spec: ShardSpec) {
         spec.control.clone(),
         spec.snapshot.clone(),
     ));
+    core.flow.configure(spec.shard_count, spec.flow_limits);
     match core.replay().await {
         Ok(report) => runtime::log_replay(spec.index, &report),
         Err(error) => {
@@ -160,6 +170,15 @@ async fn run(spec: ShardSpec) {
         .await;
     core.set_mesh(mesh);
     core.start_tasks();
+
+    let monitored = core.clone();
+    let disk_free = spec.disk_free.clone();
+    glommio::spawn_local(async move {
+        while let Ok(free_bytes) = disk_free.recv_async().await {
+            monitored.set_disk_free(free_bytes);
+        }
+    })
+    .detach();
 
     let installer = core.clone();
     let snapshots = spec.snapshots.clone();
@@ -226,9 +245,8 @@ async fn accept_loop(
                     continue;
                 };
                 if core.connection_count() >= connections_max {
-                    // Refused before the handshake: the client sees the socket close at once.
                     debug!(%peer, port, connections_max, "connection refused: too many");
-                    drop(stream);
+                    glommio::spawn_local(refuse(stream, connections_max)).detach();
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
@@ -242,6 +260,37 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// How long a refused connection may take to accept its `Close` before the socket is dropped.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Tells a connection over the limit why it is refused (600, before the handshake, as the
+/// protocol allows) and closes it. The frame is tens of bytes, so the write fits the socket's
+/// buffer; the timeout only guards against a peer that is gone.
+async fn refuse(mut stream: glommio::net::TcpStream, connections_max: usize) {
+    let close = Frame::Close(Close {
+        code: ErrorCode::TOO_MANY_CONNECTIONS,
+        reason: ShortStr::from_utf8(Bytes::from(format!(
+            "this shard serves at most {connections_max} connections"
+        )))
+        .unwrap_or_default(),
+    });
+    let mut bytes = BytesMut::new();
+    if close
+        .encode(&mut bytes, ruuster_wire::limits::HANDSHAKE_FRAME_SIZE_MAX)
+        .is_err()
+    {
+        return;
+    }
+    let _ = future::or(
+        async {
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.close().await;
+        },
+        async { glommio::timer::sleep(REFUSE_WRITE_TIMEOUT).await },
+    )
+    .await;
 }
 
 fn into_glommio(socket: Socket) -> TcpListener {

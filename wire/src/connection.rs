@@ -291,6 +291,14 @@ impl Connection {
         }
     }
 
+    /// Restarts the peer-silence clock at `now`. For a receiver that leaves the peer's frames
+    /// unread on purpose (backpressure): whatever waits in its socket may be the peer's
+    /// heartbeats, so its own pause must not count as the peer's silence. A peer that is really
+    /// gone is found again once reading resumes.
+    pub fn defer_silence(&mut self, now: Instant) {
+        self.last_received = self.last_received.max(now);
+    }
+
     /// The earliest instant at which [`Connection::on_tick`] may return something other than
     /// [`Tick::Idle`], or `None` once closed.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -557,6 +565,22 @@ mod tests {
         assert_eq!(client.on_tick(start + interval), Tick::Idle);
         assert_eq!(
             client.on_tick(start + interval * 2),
+            Tick::Expired(Error::MissedHeartbeats)
+        );
+    }
+
+    #[test]
+    fn a_receiver_holding_frames_unread_defers_the_silence_deadline() {
+        let start = Instant::now();
+        let (_, mut server) = open_pair(start);
+        let interval = Duration::from_millis(1000);
+        server.defer_silence(start + interval * 3 / 2);
+        assert_ne!(
+            server.on_tick(start + interval * 2),
+            Tick::Expired(Error::MissedHeartbeats)
+        );
+        assert_eq!(
+            server.on_tick(start + interval * 7 / 2),
             Tick::Expired(Error::MissedHeartbeats)
         );
     }

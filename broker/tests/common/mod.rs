@@ -56,7 +56,12 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// Starts a broker in this process on an ephemeral port with `shards` shards.
 pub fn start_broker(data_dir: &Path, shards: usize) -> Broker {
     init_logs();
-    let config = Config {
+    Broker::start(test_config(data_dir, shards)).expect("broker starts")
+}
+
+/// The configuration [`start_broker`] uses, for tests that change a limit.
+pub fn test_config(data_dir: &Path, shards: usize) -> Config {
+    Config {
         data_dir: data_dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         shards: Some(shards),
@@ -64,8 +69,7 @@ pub fn start_broker(data_dir: &Path, shards: usize) -> Broker {
         cpus: None,
         segment_bytes: 4 << 20,
         ..Config::default()
-    };
-    Broker::start(config).expect("broker starts")
+    }
 }
 
 pub fn short(text: &str) -> ShortStr {
@@ -269,15 +273,18 @@ impl TestClient {
     /// Collects confirms until sequence `last` is covered.
     pub fn confirms_through(&mut self, last: u64) -> Vec<Confirm> {
         let mut confirms = Vec::new();
+        let mut skipped = VecDeque::new();
         while confirms
             .last()
             .is_none_or(|confirm: &Confirm| confirm.last < last)
         {
             match self.recv() {
                 Frame::Confirm(confirm) => confirms.push(confirm),
-                other => self.pending.push_back(other),
+                other => skipped.push_back(other),
             }
         }
+        skipped.extend(self.pending.drain(..));
+        self.pending = skipped;
         confirms
     }
 
@@ -324,6 +331,24 @@ impl TestClient {
             multiple: false,
             requeue,
         }));
+    }
+
+    /// The broker's counters, summed over shards.
+    pub fn stats(&mut self) -> std::collections::HashMap<String, u64> {
+        let reply =
+            self.request(|request_id| Frame::Stats(ruuster_wire::frame::Stats { request_id }));
+        let Frame::StatsOk(ok) = reply else {
+            panic!("stats failed: {reply:?}")
+        };
+        ok.counters
+            .into_iter()
+            .map(|(name, value)| (name.as_str().to_string(), value))
+            .collect()
+    }
+
+    /// Keeps `frame` to be returned by the next [`TestClient::recv`].
+    pub fn push_back(&mut self, frame: Frame) {
+        self.pending.push_back(frame);
     }
 
     /// The payload of a delivered body.
