@@ -169,6 +169,9 @@ struct Shared {
     next_delivery_tag: Cell<u64>,
     held: RefCell<BTreeMap<u64, Held>>,
     consumers: RefCell<HashMap<u32, Consumer>>,
+    /// Consumers the client cancelled. Their owners keep what they hold unacked until it is
+    /// settled; when the connection closes, those messages return to their queues.
+    cancelled: RefCell<HashMap<u32, Consumer>>,
     pending_consumes: RefCell<HashMap<u32, (u32, ShortStr)>>,
     next_consumer: Cell<u32>,
     queries: RefCell<HashMap<u64, flume::Sender<QueryReply>>>,
@@ -320,6 +323,13 @@ impl ConnectionSink for Shared {
         }
     }
 
+    fn cancelled(&self, request_id: u32, consumer: u32) {
+        self.send(Frame::CancelOk(CancelOk {
+            request_id,
+            consumer_id: consumer,
+        }));
+    }
+
     fn cancel_notice(&self, consumer: u32, code: ErrorCode) {
         if self.consumers.borrow_mut().remove(&consumer).is_some() {
             let reason = short("queue deleted");
@@ -362,6 +372,7 @@ where
         next_delivery_tag: Cell::new(1),
         held: RefCell::new(BTreeMap::new()),
         consumers: RefCell::new(HashMap::new()),
+        cancelled: RefCell::new(HashMap::new()),
         pending_consumes: RefCell::new(HashMap::new()),
         next_consumer: Cell::new(1),
         queries: RefCell::new(HashMap::new()),
@@ -793,8 +804,9 @@ fn cancel_frame(shared: &Rc<Shared>, cancel: Cancel) {
         );
         return;
     };
-    // The owner requeues what this consumer still holds; acks for those tags that arrive later
-    // find nothing on the owner and are ignored there.
+    // The owner stops the consumer and answers behind the deliveries it already dispatched to
+    // it, so the `CancelOk` sent on that answer is the last frame about the consumer. What the
+    // consumer holds stays outstanding: its tags can still be acked, nacked or rejected here.
     let id = consumer_id(
         shared.core.index as u16,
         shared.serial.get(),
@@ -803,24 +815,25 @@ fn cancel_frame(shared: &Rc<Shared>, cancel: Cancel) {
     let message = ShardMessage::Cancel {
         queue: consumer.queue,
         consumer: id,
+        request_id: cancel.request_id,
     };
+    let owner = usize::from(consumer.owner);
     shared
-        .core
-        .send_control_now(usize::from(consumer.owner), message);
-    let request_id = cancel.request_id;
-    shared.send(Frame::CancelOk(CancelOk {
-        request_id,
-        consumer_id: cancel.consumer_id,
-    }));
+        .cancelled
+        .borrow_mut()
+        .insert(cancel.consumer_id, consumer);
+    shared.core.send_control_now(owner, message);
 }
 
-/// Returns every consumer's unacked deliveries and drops exclusive queues.
+/// Returns every consumer's unacked deliveries, cancelled consumers' included, and drops
+/// exclusive queues.
 async fn release(shared: &Rc<Shared>) {
-    let consumers: Vec<(u32, Consumer)> = shared.consumers.borrow_mut().drain().collect();
+    let mut consumers: Vec<(u32, Consumer)> = shared.consumers.borrow_mut().drain().collect();
+    consumers.extend(shared.cancelled.borrow_mut().drain());
     let shard = shared.core.index as u16;
     for (id, consumer) in consumers {
         let consumer_id = consumer_id(shard, shared.serial.get(), id);
-        let message = ShardMessage::Cancel {
+        let message = ShardMessage::Release {
             queue: consumer.queue,
             consumer: consumer_id,
         };

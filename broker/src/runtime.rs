@@ -83,6 +83,13 @@ pub enum ShardMessage {
         consumer: u32,
         code: ErrorCode,
     },
+    /// A cancelled consumer is stopped on the owner; sent on the data lane, after every delivery
+    /// dispatched to it, so that the connection's `CancelOk` is the last frame about it.
+    Cancelled {
+        connection: u64,
+        request_id: u32,
+        consumer: u32,
+    },
 
     // Control lane.
     /// The outcome of one publish on this shard's queues, back to the publishing connection.
@@ -97,8 +104,17 @@ pub enum ShardMessage {
         request_id: u32,
         prefetch: u32,
     },
-    /// The consumer stops; its unacked messages return to the queue.
+    /// The client cancelled the consumer: it gets no more deliveries, and what it holds stays
+    /// unacked until settled or until its connection closes. Answered with
+    /// [`ShardMessage::Cancelled`].
     Cancel {
+        queue: QueueId,
+        consumer: ConsumerId,
+        request_id: u32,
+    },
+    /// The consumer's connection closed: the consumer goes, stopped or not, and its unacked
+    /// messages return to the queue.
+    Release {
         queue: QueueId,
         consumer: ConsumerId,
     },
@@ -173,6 +189,7 @@ pub trait ConnectionSink {
     fn stored(&self, sequence: u64, outcome: Result<Durability, ErrorCode>);
     fn deliver(&self, delivery: Deliver);
     fn consume_result(&self, request_id: u32, consumer: u32, refused: Option<ErrorCode>);
+    fn cancelled(&self, request_id: u32, consumer: u32);
     fn cancel_notice(&self, consumer: u32, code: ErrorCode);
     fn reply(&self, token: u64, reply: QueryReply);
 }
@@ -420,6 +437,15 @@ impl Core {
                     sink.cancel_notice(consumer, code);
                 }
             }
+            ShardMessage::Cancelled {
+                connection,
+                request_id,
+                consumer,
+            } => {
+                if let Some(sink) = self.sink(connection) {
+                    sink.cancelled(request_id, consumer);
+                }
+            }
             ShardMessage::Stored {
                 connection,
                 sequence,
@@ -435,7 +461,12 @@ impl Core {
                 request_id,
                 prefetch,
             } => self.consume(queue, consumer, request_id, prefetch),
-            ShardMessage::Cancel { queue, consumer } => self.cancel(queue, consumer),
+            ShardMessage::Cancel {
+                queue,
+                consumer,
+                request_id,
+            } => self.cancel(queue, consumer, request_id),
+            ShardMessage::Release { queue, consumer } => self.release(queue, consumer),
             ShardMessage::Settle {
                 queue,
                 consumer,
@@ -524,16 +555,54 @@ impl Core {
         }
     }
 
-    fn cancel(self: &Rc<Self>, queue: QueueId, consumer: ConsumerId) {
+    /// Stops a consumer its client cancelled, then answers on the data lane, behind the
+    /// deliveries already dispatched to it.
+    fn cancel(self: &Rc<Self>, queue: QueueId, consumer: ConsumerId, request_id: u32) {
+        let (shard, connection, local_consumer) = consumer_parts(consumer);
+        let answer = ShardMessage::Cancelled {
+            connection,
+            request_id,
+            consumer: local_consumer,
+        };
+        let mut queues = self.queues.borrow_mut();
+        let Some(owned) = queues.get_mut(&queue) else {
+            drop(queues);
+            self.send_ordered(shard as usize, answer);
+            return;
+        };
+        let active_before = owned.queue.counts().consumer_count;
+        if let Err(error) = owned.queue.stop_consumer(consumer) {
+            debug!(%error, "cancel of an unknown consumer");
+        }
+        drop(queues);
+        self.send_ordered(shard as usize, answer);
+        self.after_consumer_left(queue, active_before);
+    }
+
+    /// Removes a consumer whose connection closed; what it held goes back to the queue.
+    fn release(self: &Rc<Self>, queue: QueueId, consumer: ConsumerId) {
         let mut queues = self.queues.borrow_mut();
         let Some(owned) = queues.get_mut(&queue) else {
             return;
         };
+        let active_before = owned.queue.counts().consumer_count;
         match owned.queue.remove_consumer(consumer) {
             Ok(requeued) => bump(&self.counters.requeued_count, requeued as u64),
-            Err(error) => debug!(%error, "cancel of an unknown consumer"),
+            Err(error) => debug!(%error, "release of an unknown consumer"),
         }
-        let last_gone = owned.auto_delete && owned.queue.counts().consumer_count == 0;
+        drop(queues);
+        self.after_consumer_left(queue, active_before);
+    }
+
+    /// Deletes an auto-delete queue whose last active consumer just left (a stopped consumer
+    /// that goes with its connection later changes nothing), and lets the queue dispatch again.
+    fn after_consumer_left(self: &Rc<Self>, queue: QueueId, active_before: usize) {
+        let queues = self.queues.borrow();
+        let Some(owned) = queues.get(&queue) else {
+            return;
+        };
+        let last_gone =
+            owned.auto_delete && active_before > 0 && owned.queue.counts().consumer_count == 0;
         let name = owned.name.clone();
         drop(queues);
         self.mark_dirty(queue);
@@ -570,8 +639,8 @@ impl Core {
             match result {
                 Ok(Some(departure)) => departures.push(departure),
                 Ok(None) => bump(&self.counters.requeued_count, 1),
-                // The connection checked the tag; a miss means the consumer was cancelled and
-                // its deliveries requeued in between. The message is back in the queue.
+                // The connection checked the tag and a cancelled consumer keeps what it holds,
+                // so a miss is not the client's doing; it leaves the queue as it is.
                 Err(error) => debug!(%error, "settlement of a delivery no longer held"),
             }
         }
@@ -948,7 +1017,8 @@ fn lane_of(message: &ShardMessage) -> Lane {
         ShardMessage::Publish { .. }
         | ShardMessage::Deliver(_)
         | ShardMessage::ConsumeResult { .. }
-        | ShardMessage::CancelNotice { .. } => Lane::Data,
+        | ShardMessage::CancelNotice { .. }
+        | ShardMessage::Cancelled { .. } => Lane::Data,
         _ => Lane::Control,
     }
 }
