@@ -204,16 +204,19 @@ impl Shared {
         let _ = self.write_bell.0.try_send(());
     }
 
+    /// Reports a failed request: with `ErrorReply`, or with `Close` alone for a code that ends
+    /// the connection (wire/PROTOCOL.md, section 7: such a failure is answered by `Close`).
     fn error_reply(&self, request_id: u32, code: ErrorCode, message: &str) {
+        if code.closes_connection() {
+            self.close(code, message);
+            return;
+        }
         let message = short(message);
         self.send(Frame::ErrorReply(ErrorReply {
             request_id,
             code,
             message,
         }));
-        if code.closes_connection() {
-            self.close(code, "closed after error");
-        }
     }
 
     fn close(&self, code: ErrorCode, reason: &str) {

@@ -15,7 +15,7 @@ use common::{
     start_broker,
 };
 use ruuster_wire::frame::{Cancel, Consume, Deliver};
-use ruuster_wire::{Durability, Frame, Table};
+use ruuster_wire::{Durability, ErrorCode, Frame, Table};
 
 /// The counters the tests read, waited for because settlements reach the owner after the
 /// client sent them.
@@ -169,6 +169,49 @@ fn no_delivery_for_a_consumer_follows_its_cancel_ok() {
     }
     eventually("the cancelled consumer's deliveries acked", || {
         admin.stats()["acked_count"] == delivered_count
+    });
+}
+
+/// A single ack settles its tag only; a multiple ack settles every outstanding tag up to it and
+/// skips tags already settled; a second ack of a tag closes the connection with 500 (a `Close`,
+/// no `ErrorReply`), and the deliveries still held return redelivered, in queue order.
+///
+/// Catches: a multiple ack that misses or overreaches, acks lost between shards, a settled tag
+/// accepted twice, unacked messages not returned. Cannot catch: acks lost in a crash.
+#[test]
+fn acks_settle_exactly_the_tags_they_name() {
+    let _serial = common::serial();
+    let broker = start_broker(&scratch("acks"), 2);
+    let mut admin = TestClient::connect(shard_address(&broker, 0));
+    let owner = queue_with_messages(&mut admin, "acks", 10);
+
+    let mut client = TestClient::connect(shard_address(&broker, other_shard(owner)));
+    client.consume("acks", 10);
+    let deliveries: Vec<Deliver> = (0..10).map(|_| client.next_delivery()).collect();
+    for (index, delivery) in deliveries.iter().enumerate() {
+        assert_delivery(delivery, index as u64, false, 1);
+        assert_eq!(delivery.delivery_tag, index as u64 + 1, "tags count from 1");
+    }
+    client.ack(deliveries[2].delivery_tag, false);
+    client.ack(deliveries[5].delivery_tag, true);
+    client.ack(deliveries[7].delivery_tag, false);
+
+    client.ack(deliveries[2].delivery_tag, false);
+    match client.recv() {
+        Frame::Close(close) => assert_eq!(close.code, ErrorCode::UNKNOWN_DELIVERY_TAG),
+        other => panic!("expected Close 500, got {other:?}"),
+    }
+    drop(client);
+
+    let mut survivor = TestClient::connect(shard_address(&broker, other_shard(owner)));
+    survivor.consume("acks", 10);
+    for index in [6, 8, 9] {
+        let delivery = survivor.next_delivery();
+        assert_delivery(&delivery, index, true, 2);
+        survivor.ack(delivery.delivery_tag, false);
+    }
+    eventually("ten acks and nothing left", || {
+        settled_counts(&mut admin) == (10, 0, 3, 0, 0)
     });
 }
 
