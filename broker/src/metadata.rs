@@ -207,7 +207,7 @@ pub struct Metadata {
     /// Bindings in declaration order; one binding is (exchange, queue, key, arguments).
     bindings: Vec<Binding>,
     next_queue_id: u32,
-    /// Counts server-named queues, so that their names are unique for this broker's lifetime.
+    /// Counts server-named queues; a generated name is never one that exists.
     next_generated_name: u64,
 }
 
@@ -287,8 +287,9 @@ impl Metadata {
                 return Ok(Change::None);
             }
             if is_reserved(&request.name) {
-                return Err(TopologyError::Reserved { name: request.name });
+                return Err(reserved_name(request.name));
             }
+            check_declare_arguments(&request.arguments)?;
             let field = if existing.kind != request.kind {
                 Some("type")
             } else if existing.durable != request.durable {
@@ -317,9 +318,9 @@ impl Metadata {
 
         check_name(&request.name)?;
         if is_reserved(&request.name) {
-            return Err(TopologyError::Reserved { name: request.name });
+            return Err(reserved_name(request.name));
         }
-        check_arguments(&request.arguments)?;
+        check_declare_arguments(&request.arguments)?;
         if self.exchanges.len() >= EXCHANGE_COUNT_MAX {
             return Err(TopologyError::LimitReached {
                 what: "exchanges",
@@ -385,6 +386,7 @@ impl Metadata {
             if request.passive {
                 return Ok((existing.clone(), Change::None));
             }
+            check_declare_arguments(&request.arguments)?;
             let field = if existing.durable != request.durable {
                 Some("durable flag")
             } else if existing.exclusive_to.is_some() != request.exclusive {
@@ -410,17 +412,24 @@ impl Metadata {
         }
 
         let name = if request.name.is_empty() {
-            let name = format!("amq.gen-{:016x}", self.next_generated_name);
-            self.next_generated_name += 1;
-            name
+            // The counter starts again with every broker while durable server-named queues
+            // survive a restart, so a generated name may be taken: skip those (at most one step
+            // per existing queue).
+            loop {
+                let name = format!("amq.gen-{:016x}", self.next_generated_name);
+                self.next_generated_name += 1;
+                if !self.queues.contains_key(&name) {
+                    break name;
+                }
+            }
         } else {
             check_name(&request.name)?;
             if request.name.starts_with("amq.") {
-                return Err(TopologyError::Reserved { name: request.name });
+                return Err(reserved_name(request.name));
             }
             request.name
         };
-        check_arguments(&request.arguments)?;
+        check_declare_arguments(&request.arguments)?;
         if self.queues.len() >= QUEUE_COUNT_MAX {
             return Err(TopologyError::LimitReached {
                 what: "queues",
@@ -738,6 +747,31 @@ fn check_name(name: &str) -> Result<(), TopologyError> {
     Ok(())
 }
 
+/// The refusal of a declare that names the default exchange or uses the reserved `amq.` prefix:
+/// 304 invalid-name in wire/PROTOCOL.md's code table.
+fn reserved_name(name: String) -> TopologyError {
+    let reason = if name.is_empty() {
+        "the default exchange is predeclared"
+    } else {
+        "the amq. prefix is reserved"
+    };
+    TopologyError::InvalidName { name, reason }
+}
+
+/// Declare arguments switch queue and exchange features on (wire/PROTOCOL.md, "Argument
+/// tables"). This broker implements none of them yet, so it refuses every key: a client must
+/// never believe a feature is on when it is not.
+fn check_declare_arguments(arguments: &Arguments) -> Result<(), TopologyError> {
+    check_arguments(arguments)?;
+    match arguments.keys().next() {
+        Some(key) => Err(TopologyError::InvalidArgument {
+            key: key.clone(),
+            reason: "not implemented by this broker",
+        }),
+        None => Ok(()),
+    }
+}
+
 fn check_arguments(arguments: &Arguments) -> Result<(), TopologyError> {
     if arguments.len() > ARGUMENT_COUNT_MAX {
         return Err(TopologyError::LimitReached {
@@ -879,7 +913,15 @@ mod tests {
         metadata.declare_queue(queue("q")).unwrap();
         assert!(matches!(
             metadata.declare_exchange(exchange("amq.custom", ExchangeKind::Direct)),
-            Err(TopologyError::Reserved { .. })
+            Err(TopologyError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            metadata.declare_exchange(exchange("amq.direct", ExchangeKind::Direct)),
+            Err(TopologyError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            metadata.declare_exchange(exchange("", ExchangeKind::Direct)),
+            Err(TopologyError::InvalidName { .. })
         ));
         assert!(matches!(
             metadata.delete_exchange("", false),
@@ -891,8 +933,55 @@ mod tests {
         ));
         assert!(matches!(
             metadata.declare_queue(queue("amq.q")),
-            Err(TopologyError::Reserved { .. })
+            Err(TopologyError::InvalidName { .. })
         ));
+    }
+
+    #[test]
+    fn declare_arguments_are_refused_while_no_feature_is_implemented() {
+        let mut metadata = Metadata::new(1);
+        let mut request = queue("limited");
+        request
+            .arguments
+            .insert("x-max-length".into(), ArgumentValue::Int(10));
+        assert!(matches!(
+            metadata.declare_queue(request.clone()),
+            Err(TopologyError::InvalidArgument { .. })
+        ));
+        metadata.declare_queue(queue("limited")).unwrap();
+        assert!(
+            matches!(
+                metadata.declare_queue(request),
+                Err(TopologyError::InvalidArgument { .. })
+            ),
+            "a redeclare with arguments is refused too"
+        );
+        let mut with_arguments = exchange("alt", ExchangeKind::Direct);
+        with_arguments
+            .arguments
+            .insert("alternate-exchange".into(), ArgumentValue::Str("x".into()));
+        assert!(matches!(
+            metadata.declare_exchange(with_arguments),
+            Err(TopologyError::InvalidArgument { .. })
+        ));
+        assert_eq!(
+            metadata.version(),
+            2,
+            "only the plain declare changed anything"
+        );
+    }
+
+    #[test]
+    fn a_generated_name_skips_a_durable_server_named_queue_from_before_a_restart() {
+        let dir = scratch("generated-names");
+        let mut metadata = Metadata::new(1);
+        let (kept, _) = metadata.declare_queue(queue("")).unwrap();
+        metadata.save(&dir).unwrap();
+
+        let (mut restarted, _) = Metadata::load(&dir, 1).unwrap();
+        let (fresh, _) = restarted.declare_queue(queue("")).unwrap();
+        assert_ne!(fresh.name, kept.name);
+        assert_ne!(fresh.id, kept.id);
     }
 
     #[test]
