@@ -683,7 +683,8 @@ impl Core {
             Query::Counts => {
                 let counts = owned.queue.counts();
                 QueryReply::Counts {
-                    message_count: (counts.ready_count + counts.waiting_count) as u64,
+                    // `ready_count` includes the messages waiting for the watermark.
+                    message_count: counts.ready_count as u64,
                     consumer_count: counts.consumer_count as u32,
                 }
             }
@@ -706,7 +707,7 @@ impl Core {
         let (mut ready, mut unacked) = (0u64, 0u64);
         for owned in queues.values() {
             let counts = owned.queue.counts();
-            ready += (counts.ready_count + counts.waiting_count) as u64;
+            ready += counts.ready_count as u64;
             unacked += counts.unacked_count as u64;
         }
         vec![

@@ -11,8 +11,9 @@ mod common;
 
 use common::{
     QueueFlags, TestClient, error_code, eventually, index_of, other_shard, payloads, scratch,
-    shard_address, short, start_broker,
+    shard_address, short, start_broker, start_broker_with, test_config,
 };
+use ruuster_broker::config::FsyncPolicy;
 use ruuster_wire::frame::{Consume, Publish, PublishMessage};
 use ruuster_wire::{ConfirmStatus, Durability, ErrorCode, ExchangeKind, Frame, Table, Value};
 
@@ -34,6 +35,55 @@ fn queue_exists(client: &mut TestClient, name: &str) -> bool {
             }
         },
     }
+}
+
+/// A passive declare returns the messages ready (those waiting for the durable watermark
+/// included, once each) and the consumers still taking deliveries: not the unacked messages,
+/// not a cancelled consumer that still holds some, not a closed connection's consumer.
+///
+/// The broker syncs every 60 s here, so messages published at `written` to a durable queue wait
+/// for the watermark for the whole test. Catches: waiting messages counted twice (the broker
+/// did until this test), unacked messages counted as ready, cancelled or gone consumers counted.
+/// Cannot catch: counts under concurrent publishes (a passive declare is a snapshot).
+#[test]
+fn a_passive_declare_counts_ready_messages_and_active_consumers() {
+    let _serial = common::serial();
+    let mut config = test_config(&scratch("passive-counts"), 2);
+    config.fsync = FsyncPolicy::Interval;
+    config.fsync_interval_ms = 60_000;
+    let broker = start_broker_with(config);
+    let mut admin = TestClient::connect(shard_address(&broker, 0));
+
+    admin.declare_queue("waiting", true);
+    admin.publish("", "waiting", &payloads(0..5), Durability::Written);
+    let confirms = admin.confirms_through(5);
+    assert!(
+        confirms
+            .iter()
+            .all(|c| c.status == ConfirmStatus::Stored(Durability::Written)),
+        "{confirms:?}"
+    );
+    assert_eq!(admin.queue_counts("waiting"), (5, 0));
+    assert_eq!(admin.stats()["messages_ready_count"], 5);
+
+    let owner = admin.declare_queue("counted", false);
+    admin.publish("", "counted", &payloads(0..6), Durability::Written);
+    admin.confirms_through(11);
+    let mut first = TestClient::connect(shard_address(&broker, other_shard(owner)));
+    let cancelled = first.consume("counted", 2);
+    first.next_delivery();
+    first.next_delivery();
+    let mut second = TestClient::connect(shard_address(&broker, owner));
+    second.consume("counted", 1);
+    second.next_delivery();
+    assert_eq!(admin.queue_counts("counted"), (3, 2));
+
+    first.cancel(cancelled);
+    assert_eq!(admin.queue_counts("counted"), (3, 1));
+    drop(second);
+    eventually("the closed connection's delivery returned", || {
+        admin.queue_counts("counted") == (4, 0)
+    });
 }
 
 /// A redeclare that differs from the existing exchange or queue is refused with 302 and the
