@@ -37,7 +37,7 @@ use ruuster_segment_store::{Appended, Level, Log, Record, StoreError, SyncPolicy
 use ruuster_wire::{Durability, ErrorCode};
 use tracing::{debug, error, info, warn};
 
-use crate::control::{ControlOp, ControlRequest, Snapshot};
+use crate::control::{ControlOp, ControlReply, ControlRequest, Snapshot};
 use crate::envelope::StoredEnvelope;
 use crate::journal::{self, Decoded, RECORD_MESSAGE, RECORD_SETTLEMENT, Target};
 use crate::mesh::{Lane, Mesh};
@@ -575,8 +575,20 @@ impl Core {
             debug!(%error, "cancel of an unknown consumer");
         }
         drop(queues);
-        self.send_ordered(shard as usize, answer);
-        self.after_consumer_left(queue, active_before);
+        match self.after_consumer_left(queue, active_before) {
+            None => self.send_ordered(shard as usize, answer),
+            Some(deleted) => {
+                // The last consumer of an auto-delete queue: answer once the queue is gone on
+                // every shard, so that nothing the client does after `CancelOk` finds it. The
+                // consumer is stopped, so no delivery can come after the answer.
+                let core = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = deleted.recv_async().await;
+                    core.send_ordered(shard as usize, answer);
+                })
+                .detach();
+            }
+        }
     }
 
     /// Removes a consumer whose connection closed; what it held goes back to the queue.
@@ -591,31 +603,37 @@ impl Core {
             Err(error) => debug!(%error, "release of an unknown consumer"),
         }
         drop(queues);
-        self.after_consumer_left(queue, active_before);
+        // Nobody waits for the deletion: the connection is gone.
+        let _ = self.after_consumer_left(queue, active_before);
     }
 
-    /// Deletes an auto-delete queue whose last active consumer just left (a stopped consumer
-    /// that goes with its connection later changes nothing), and lets the queue dispatch again.
-    fn after_consumer_left(self: &Rc<Self>, queue: QueueId, active_before: usize) {
+    /// Asks for the deletion of an auto-delete queue whose last active consumer just left (a
+    /// stopped consumer that goes with its connection later changes nothing), and lets the
+    /// queue dispatch again. Returns where the control plane answers the deletion, if asked.
+    fn after_consumer_left(
+        self: &Rc<Self>,
+        queue: QueueId,
+        active_before: usize,
+    ) -> Option<flume::Receiver<ControlReply>> {
         let queues = self.queues.borrow();
-        let Some(owned) = queues.get(&queue) else {
-            return;
-        };
+        let owned = queues.get(&queue)?;
         let last_gone =
             owned.auto_delete && active_before > 0 && owned.queue.counts().consumer_count == 0;
         let name = owned.name.clone();
         drop(queues);
         self.mark_dirty(queue);
-        if last_gone {
-            // The reply is not awaited: the control task deletes the queue, and the snapshot
-            // that no longer has it removes its state here.
-            let (reply, _) = flume::bounded(1);
-            let request = ControlRequest {
-                op: ControlOp::LastConsumerGone { queue: name },
-                reply,
-            };
-            let _ = self.control.send(request);
+        if !last_gone {
+            return None;
         }
+        // The control task deletes the queue, and the snapshot that no longer has it removes
+        // its state here; it answers once every shard has installed that snapshot.
+        let (reply, answer) = flume::bounded(1);
+        let request = ControlRequest {
+            op: ControlOp::LastConsumerGone { queue: name },
+            reply,
+        };
+        let _ = self.control.send(request);
+        Some(answer)
     }
 
     fn settle(
