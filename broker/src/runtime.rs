@@ -1042,6 +1042,15 @@ fn lane_of(message: &ShardMessage) -> Lane {
     }
 }
 
+/// The highest level a message in a queue of this durability can be confirmed at.
+fn level_cap(durability: queue::Durability) -> Durability {
+    match durability {
+        queue::Durability::Durable => Durability::Fsynced,
+        queue::Durability::Transient => Durability::Written,
+        queue::Durability::Memory => Durability::Memory,
+    }
+}
+
 fn store_level(level: Durability) -> Level {
     match level {
         Durability::Memory => Level::Memory,
@@ -1069,7 +1078,13 @@ struct Placed {
     origin: usize,
     connection: u64,
     sequence: u64,
+    /// The level asked for, lowered to `cap`: the confirm waits for no more than the target
+    /// queues can reach.
     level: Durability,
+    /// The highest level this shard's target queues can reach: a transient queue is not
+    /// replayed after a restart, so its messages count as `written` at most (wire/PROTOCOL.md,
+    /// section 8) even when the journal synced them.
+    cap: Durability,
     /// False when every target queue was deleted before the append: nothing to wait for.
     stored: bool,
     /// The envelope's publish time, for [`Stage::Stored`].
@@ -1099,14 +1114,17 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
     // only this task enqueues, so nothing can take a sequence in between.
     let mut planned: HashMap<QueueId, u64> = HashMap::new();
     let mut targets_per_publish: Vec<Vec<Target>> = Vec::with_capacity(batch.len());
+    let mut caps: Vec<Durability> = Vec::with_capacity(batch.len());
     {
         let queues = core.queues.borrow();
         for publish in &batch {
             let mut targets = Vec::new();
+            let mut cap = Durability::Fsynced;
             for id in publish.envelope.archived().queue_ids().map(QueueId) {
                 let Some(owned) = queues.get(&id) else {
                     continue;
                 };
+                cap = cap.min(level_cap(owned.queue.durability()));
                 let next = planned
                     .entry(id)
                     .or_insert_with(|| owned.queue.next_sequence());
@@ -1117,6 +1135,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
                 *next += 1;
             }
             targets_per_publish.push(targets);
+            caps.push(cap);
         }
     }
 
@@ -1157,7 +1176,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
         Some(Ok(appended)) => appended.offsets.start,
         _ => 0,
     };
-    for (publish, targets) in batch.into_iter().zip(targets_per_publish) {
+    for ((publish, targets), cap) in batch.into_iter().zip(targets_per_publish).zip(caps) {
         let stored = !targets.is_empty();
         if stored && let Some(Ok(_)) = &appended {
             enqueue(core, record_offset, &targets, &publish.envelope);
@@ -1167,7 +1186,8 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             origin: publish.origin,
             connection: publish.connection,
             sequence: publish.sequence,
-            level: publish.level,
+            level: publish.level.min(cap),
+            cap,
             stored,
             published_at_ns: publish.envelope.archived().published_at_ns(),
         });
@@ -1249,7 +1269,7 @@ async fn await_levels(core: Rc<Core>, appended: Appended, placed: Vec<Placed>) {
                     core.stages
                         .record_since_ns(Stage::Stored, publish.published_at_ns, now);
                     let outcome = if publish.stored {
-                        Ok(reached)
+                        Ok(reached.min(publish.cap))
                     } else {
                         Ok(publish.level)
                     };

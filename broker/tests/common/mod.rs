@@ -147,6 +147,8 @@ pub struct TestClient {
     buffer: BytesMut,
     pending: VecDeque<Frame>,
     next_request: u32,
+    /// Messages published so far: the last publish sequence number used.
+    published_count: u64,
     pub welcome: Welcome,
 }
 
@@ -170,6 +172,7 @@ impl TestClient {
             buffer: BytesMut::new(),
             pending: VecDeque::new(),
             next_request: 1,
+            published_count: 0,
             welcome: Welcome {
                 version: 0,
                 heartbeat_ms: 0,
@@ -204,6 +207,9 @@ impl TestClient {
     }
 
     pub fn send(&mut self, frame: Frame) {
+        if let Frame::Publish(publish) = &frame {
+            self.published_count += publish.messages.len() as u64;
+        }
         let mut out = BytesMut::new();
         frame
             .encode(&mut out, ruuster_wire::limits::FRAME_SIZE_MAX)
@@ -329,6 +335,11 @@ impl TestClient {
             durability: level,
             messages,
         }));
+    }
+
+    /// The sequence number of the last message published on this connection.
+    pub fn published_count(&self) -> u64 {
+        self.published_count
     }
 
     /// Collects confirms until sequence `last` is covered.
