@@ -383,9 +383,9 @@ fn consumers_of_one_queue_take_turns_and_a_full_one_is_skipped() {
     }
 }
 
-/// Extends the end-to-end test of a consumer that dies: here on the shard that does not own the
-/// queue, after acking part of what it held and with a cancelled consumer on the same
-/// connection holding more. Its unacked messages come back redelivered with their delivery
+/// A consumer whose connection dies (it replaces the shorter end-to-end test of this): here on
+/// the shard that does not own the queue, after acking part of what it held and with a
+/// cancelled consumer on the same connection holding more. Its unacked messages come back redelivered with their delivery
 /// count raised, in their original places ahead of messages never delivered; the acked one does
 /// not.
 ///
