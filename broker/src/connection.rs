@@ -743,10 +743,8 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         return;
     }
     let mut consumers = shared.consumers.borrow_mut();
-    if consumers
-        .values()
-        .any(|consumer| consumer.tag == consume.consumer_tag)
-    {
+    let tag_in_use = |tag: &ShortStr| consumers.values().any(|consumer| consumer.tag == *tag);
+    if !consume.consumer_tag.is_empty() && tag_in_use(&consume.consumer_tag) {
         drop(consumers);
         shared.error_reply(
             consume.request_id,
@@ -765,12 +763,25 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         );
         return;
     }
+    // An empty tag asks the broker for one (PROTOCOL.md, `Consume`). A client may have picked
+    // the same form itself, so a taken one is skipped (at most one step per consumer).
+    let tag = if consume.consumer_tag.is_empty() {
+        (0..)
+            .map(|attempt| match attempt {
+                0 => short(&format!("amq.ctag-{id}")),
+                _ => short(&format!("amq.ctag-{id}-{attempt}")),
+            })
+            .find(|tag| !tag_in_use(tag))
+            .expect("fewer consumers than attempts")
+    } else {
+        consume.consumer_tag
+    };
     shared.next_consumer.set(id + 1);
     let owner = queue.owner.0;
     consumers.insert(
         id,
         Consumer {
-            tag: consume.consumer_tag.clone(),
+            tag: tag.clone(),
             queue: queue.id,
             owner,
         },
@@ -779,7 +790,7 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
     shared
         .pending_consumes
         .borrow_mut()
-        .insert(id, (consume.request_id, consume.consumer_tag));
+        .insert(id, (consume.request_id, tag));
 
     if queue.auto_delete && !queue.had_consumer {
         let (reply, _) = flume::bounded(1);
