@@ -805,6 +805,7 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         consumer,
         request_id: consume.request_id,
         prefetch: consume.prefetch,
+        exclusive: consume.exclusive,
     };
     shared.core.send_control_now(usize::from(owner), message);
 }

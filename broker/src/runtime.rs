@@ -103,6 +103,8 @@ pub enum ShardMessage {
         consumer: ConsumerId,
         request_id: u32,
         prefetch: u32,
+        /// The consumer must be the queue's only one while it takes deliveries.
+        exclusive: bool,
     },
     /// The client cancelled the consumer: it gets no more deliveries, and what it holds stays
     /// unacked until settled or until its connection closes. Answered with
@@ -214,6 +216,8 @@ struct OwnedQueue {
     name: String,
     auto_delete: bool,
     queue: Queue,
+    /// A consumer that asked to be the only one; cleared when it stops or goes.
+    exclusive_consumer: Option<ConsumerId>,
 }
 
 /// A publish waiting for the appender.
@@ -460,7 +464,8 @@ impl Core {
                 consumer,
                 request_id,
                 prefetch,
-            } => self.consume(queue, consumer, request_id, prefetch),
+                exclusive,
+            } => self.consume(queue, consumer, request_id, prefetch, exclusive),
             ShardMessage::Cancel {
                 queue,
                 consumer,
@@ -528,12 +533,24 @@ impl Core {
         consumer: ConsumerId,
         request_id: u32,
         prefetch: u32,
+        exclusive: bool,
     ) {
         let (shard, connection, local_consumer) = consumer_parts(consumer);
         let refused = match self.queues.borrow_mut().get_mut(&queue) {
             None => Some(ErrorCode::QUEUE_NOT_FOUND),
+            Some(owned)
+                if owned.exclusive_consumer.is_some()
+                    || (exclusive && owned.queue.counts().consumer_count > 0) =>
+            {
+                Some(ErrorCode::EXCLUSIVE_LOCKED)
+            }
             Some(owned) => match owned.queue.add_consumer(consumer, prefetch) {
-                Ok(()) => None,
+                Ok(()) => {
+                    if exclusive {
+                        owned.exclusive_consumer = Some(consumer);
+                    }
+                    None
+                }
                 Err(queue::QueueError::PrefetchTooLarge { .. }) => {
                     Some(ErrorCode::PREFETCH_TOO_LARGE)
                 }
@@ -571,6 +588,9 @@ impl Core {
             return;
         };
         let active_before = owned.queue.counts().consumer_count;
+        if owned.exclusive_consumer == Some(consumer) {
+            owned.exclusive_consumer = None;
+        }
         if let Err(error) = owned.queue.stop_consumer(consumer) {
             debug!(%error, "cancel of an unknown consumer");
         }
@@ -598,6 +618,9 @@ impl Core {
             return;
         };
         let active_before = owned.queue.counts().consumer_count;
+        if owned.exclusive_consumer == Some(consumer) {
+            owned.exclusive_consumer = None;
+        }
         match owned.queue.remove_consumer(consumer) {
             Ok(requeued) => bump(&self.counters.requeued_count, requeued as u64),
             Err(error) => debug!(%error, "release of an unknown consumer"),
@@ -797,6 +820,7 @@ impl Core {
                 name: queue.name.clone(),
                 auto_delete: queue.auto_delete,
                 queue: Queue::new(durability_of(queue.durable)),
+                exclusive_consumer: None,
             });
         }
         drop(queues);
@@ -935,6 +959,7 @@ impl Core {
                         name: queue.name.clone(),
                         auto_delete: queue.auto_delete,
                         queue: recovery.finish(),
+                        exclusive_consumer: None,
                     },
                 );
             }

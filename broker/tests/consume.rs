@@ -474,3 +474,54 @@ fn an_empty_consumer_tag_gets_a_generated_unique_one() {
     assert_ne!(first, chosen, "the chosen tag is skipped");
     assert_ne!(second, chosen);
 }
+
+/// An exclusive consume is refused (303) while the queue has another consumer, and while it
+/// holds the queue every other consume is refused, from its own connection or another; once
+/// it cancels, others may consume again.
+///
+/// Catches: the exclusive flag ignored (it was until this test: both consumers got
+/// deliveries), a refusal that outlives the exclusive consumer. Cannot catch: two exclusive
+/// consumes racing from two shards (each reaches the owner in some order; the owner decides).
+#[test]
+fn an_exclusive_consumer_keeps_the_queue_to_itself_until_it_cancels() {
+    let _serial = common::serial();
+    let broker = start_broker(&scratch("exclusive-consumer"), 2);
+    let mut admin = TestClient::connect(shard_address(&broker, 0));
+    let owner = admin.declare_queue("solo", false);
+    let consume = |client: &mut TestClient, exclusive: bool| {
+        client.request(|request_id| {
+            Frame::Consume(Consume {
+                request_id,
+                queue: short("solo"),
+                consumer_tag: short(""),
+                prefetch: 1,
+                exclusive,
+                arguments: Table::new(),
+            })
+        })
+    };
+
+    let mut first = TestClient::connect(shard_address(&broker, other_shard(owner)));
+    let plain = match consume(&mut first, false) {
+        Frame::ConsumeOk(ok) => ok.consumer_id,
+        other => panic!("{other:?}"),
+    };
+    let mut second = TestClient::connect(shard_address(&broker, owner));
+    let reply = consume(&mut second, true);
+    assert_eq!(common::error_code(&reply), ErrorCode::EXCLUSIVE_LOCKED);
+    first.cancel(plain);
+
+    let exclusive = match consume(&mut second, true) {
+        Frame::ConsumeOk(ok) => ok.consumer_id,
+        other => panic!("{other:?}"),
+    };
+    for client in [&mut first, &mut second] {
+        for flag in [false, true] {
+            let reply = consume(client, flag);
+            assert_eq!(common::error_code(&reply), ErrorCode::EXCLUSIVE_LOCKED);
+        }
+    }
+    assert_eq!(admin.queue_counts("solo"), (0, 1));
+    second.cancel(exclusive);
+    assert!(matches!(consume(&mut first, false), Frame::ConsumeOk(_)));
+}
