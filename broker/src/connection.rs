@@ -71,6 +71,18 @@ struct Consumer {
     owner: u16,
 }
 
+/// A consumer the client cancelled. Its id stays taken until no frame about it can come any
+/// more and none of its deliveries is outstanding, so that a tag or a `CancelOk` is never
+/// taken for a later consumer's with the same id.
+#[derive(Debug)]
+struct Cancelled {
+    consumer: Consumer,
+    /// Its deliveries not settled yet.
+    held_count: usize,
+    /// The owner stopped it and `CancelOk` went out.
+    answered: bool,
+}
+
 /// One message's confirm, waiting for its targets and for the messages before it.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
@@ -171,8 +183,9 @@ struct Shared {
     consumers: RefCell<HashMap<u32, Consumer>>,
     /// Consumers the client cancelled. Their owners keep what they hold unacked until it is
     /// settled; when the connection closes, those messages return to their queues.
-    cancelled: RefCell<HashMap<u32, Consumer>>,
+    cancelled: RefCell<HashMap<u32, Cancelled>>,
     pending_consumes: RefCell<HashMap<u32, (u32, ShortStr)>>,
+    /// Where the search for a free consumer id starts: ids go round before one is used again.
     next_consumer: Cell<u32>,
     queries: RefCell<HashMap<u64, flume::Sender<QueryReply>>>,
     next_query: Cell<u64>,
@@ -228,6 +241,20 @@ impl Shared {
             reason: short(reason),
         }));
         let _ = self.write_bell.0.try_send(());
+    }
+
+    /// A consumer id no consumer of this connection has (active, or cancelled and not yet done
+    /// with), searched from after the last one given; `None` when every id is taken.
+    fn free_consumer_id(&self) -> Option<u32> {
+        let consumers = self.consumers.borrow();
+        let cancelled = self.cancelled.borrow();
+        let id_count = CONSUMERS_PER_CONNECTION_MAX - 1;
+        let start = self.next_consumer.get();
+        let id = (0..id_count)
+            .map(|step| 1 + (start - 1 + step) % id_count)
+            .find(|id| !consumers.contains_key(id) && !cancelled.contains_key(id))?;
+        self.next_consumer.set(id % id_count + 1);
+        Some(id)
     }
 
     fn flush_confirms(&self) {
@@ -294,6 +321,9 @@ impl ConnectionSink for Shared {
             sequence: delivery.sequence,
         };
         self.held.borrow_mut().insert(tag, held);
+        if let Some(cancelled) = self.cancelled.borrow_mut().get_mut(&delivery.consumer) {
+            cancelled.held_count += 1;
+        }
         let archived = envelope.archived();
         let bytes = envelope.bytes();
         let frame = Deliver {
@@ -331,6 +361,13 @@ impl ConnectionSink for Shared {
             request_id,
             consumer_id: consumer,
         }));
+        let mut cancelled = self.cancelled.borrow_mut();
+        if let Some(entry) = cancelled.get_mut(&consumer) {
+            entry.answered = true;
+            if entry.held_count == 0 {
+                cancelled.remove(&consumer);
+            }
+        }
     }
 
     fn cancel_notice(&self, consumer: u32, code: ErrorCode) {
@@ -684,6 +721,7 @@ fn settle(shared: &Rc<Shared>, tag: u64, multiple: bool, action: Settle) {
         held.remove(&tag).into_iter().collect()
     };
     drop(held);
+    forget_settled(shared, &settled);
     if settled.is_empty() && !(multiple && tag == 0) {
         shared.error_reply(
             0,
@@ -710,6 +748,29 @@ fn settle(shared: &Rc<Shared>, tag: u64, multiple: bool, action: Settle) {
             action,
         };
         shared.core.send_control_now(usize::from(owner), message);
+    }
+}
+
+/// Counts settled deliveries off the cancelled consumers that held them, and lets go of a
+/// cancelled consumer that holds nothing more once its `CancelOk` went out.
+fn forget_settled(shared: &Shared, settled: &[Held]) {
+    let mut cancelled = shared.cancelled.borrow_mut();
+    if cancelled.is_empty() {
+        return;
+    }
+    for held in settled {
+        let Some(entry) = cancelled.get_mut(&held.consumer) else {
+            continue;
+        };
+        // An id freed by a queue's deletion may be in use again by a consumer of another
+        // queue; the old consumer's tags are not the new one's.
+        if entry.consumer.queue != held.queue {
+            continue;
+        }
+        entry.held_count -= 1;
+        if entry.answered && entry.held_count == 0 {
+            cancelled.remove(&held.consumer);
+        }
     }
 }
 
@@ -742,7 +803,7 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         );
         return;
     }
-    let mut consumers = shared.consumers.borrow_mut();
+    let consumers = shared.consumers.borrow();
     let tag_in_use = |tag: &ShortStr| consumers.values().any(|consumer| consumer.tag == *tag);
     if !consume.consumer_tag.is_empty() && tag_in_use(&consume.consumer_tag) {
         drop(consumers);
@@ -753,16 +814,17 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         );
         return;
     }
-    let id = shared.next_consumer.get();
-    if id >= CONSUMERS_PER_CONNECTION_MAX {
-        drop(consumers);
+    drop(consumers);
+    let Some(id) = shared.free_consumer_id() else {
         shared.error_reply(
             consume.request_id,
             ErrorCode::LIMIT_EXCEEDED,
             "too many consumers",
         );
         return;
-    }
+    };
+    let mut consumers = shared.consumers.borrow_mut();
+    let tag_in_use = |tag: &ShortStr| consumers.values().any(|consumer| consumer.tag == *tag);
     // An empty tag asks the broker for one (PROTOCOL.md, `Consume`). A client may have picked
     // the same form itself, so a taken one is skipped (at most one step per consumer).
     let tag = if consume.consumer_tag.is_empty() {
@@ -776,7 +838,6 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
     } else {
         consume.consumer_tag
     };
-    shared.next_consumer.set(id + 1);
     let owner = queue.owner.0;
     consumers.insert(
         id,
@@ -833,10 +894,21 @@ fn cancel_frame(shared: &Rc<Shared>, cancel: Cancel) {
         request_id: cancel.request_id,
     };
     let owner = usize::from(consumer.owner);
+    let held_count = shared
+        .held
+        .borrow()
+        .values()
+        .filter(|held| held.consumer == cancel.consumer_id && held.queue == consumer.queue)
+        .count();
+    let cancelled = Cancelled {
+        consumer,
+        held_count,
+        answered: false,
+    };
     shared
         .cancelled
         .borrow_mut()
-        .insert(cancel.consumer_id, consumer);
+        .insert(cancel.consumer_id, cancelled);
     shared.core.send_control_now(owner, message);
 }
 
@@ -844,7 +916,12 @@ fn cancel_frame(shared: &Rc<Shared>, cancel: Cancel) {
 /// exclusive queues.
 async fn release(shared: &Rc<Shared>) {
     let mut consumers: Vec<(u32, Consumer)> = shared.consumers.borrow_mut().drain().collect();
-    consumers.extend(shared.cancelled.borrow_mut().drain());
+    let cancelled = shared.cancelled.borrow_mut().drain().collect::<Vec<_>>();
+    consumers.extend(
+        cancelled
+            .into_iter()
+            .map(|(id, entry)| (id, entry.consumer)),
+    );
     let shard = shared.core.index as u16;
     for (id, consumer) in consumers {
         let consumer_id = consumer_id(shard, shared.serial.get(), id);

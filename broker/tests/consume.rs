@@ -525,3 +525,42 @@ fn an_exclusive_consumer_keeps_the_queue_to_itself_until_it_cancels() {
     second.cancel(exclusive);
     assert!(matches!(consume(&mut first, false), Frame::ConsumeOk(_)));
 }
+
+/// A connection may consume and cancel far more often than the number of consumers it may hold
+/// at once (`CONSUMERS_PER_CONNECTION_MAX`, 4,096): consumer ids of consumers that are gone are
+/// used again. A cancelled consumer that still holds deliveries keeps its id until they are
+/// settled, so its tags stay unambiguous.
+///
+/// Catches: ids handed out once per connection lifetime (a connection's 4,096th consume was
+/// refused with 603 until this test), an id reused while the old consumer's deliveries are
+/// still outstanding. Cannot catch: the limit on consumers held at once (4,096 live consumers
+/// cost more than this test should).
+#[test]
+fn consumer_ids_of_gone_consumers_are_used_again() {
+    let _serial = common::serial();
+    let broker = start_broker(&scratch("consumer-ids"), 2);
+    let mut client = TestClient::connect(shard_address(&broker, 0));
+    let owner = client.declare_queue("churn", false);
+    assert_eq!(
+        owner, 0,
+        "the queue is on the connection's shard: no ring hop per cycle"
+    );
+    client.publish("", "churn", &payloads(0..1), Durability::Written);
+    client.confirms_through(1);
+
+    let holder = client.consume("churn", 1);
+    let held = client.next_delivery();
+    client.cancel(holder);
+    for cycle in 0..4200 {
+        let reply = client.consume_reply("churn", 1);
+        let Frame::ConsumeOk(ok) = reply else {
+            panic!("consume {cycle} refused: {reply:?}");
+        };
+        assert_ne!(ok.consumer_id, holder, "the holder's id is still taken");
+        client.cancel(ok.consumer_id);
+    }
+    client.ack(held.delivery_tag, false);
+    eventually("the held delivery acked", || {
+        client.stats()["acked_count"] == 1
+    });
+}
