@@ -572,8 +572,28 @@ impl Metadata {
         if self.bindings.len() == before {
             return Ok(Change::None);
         }
+        self.drop_unbound_auto_delete_exchanges(std::slice::from_ref(&binding.exchange));
         self.version += 1;
         Ok(Change::Other)
+    }
+
+    /// Deletes the auto-delete exchanges among `sources` that have no binding left: an
+    /// auto-delete exchange goes with its last binding, as in AMQP 0-9-1 (one that never had a
+    /// binding stays). Callers bump the version for the change that unbound them.
+    fn drop_unbound_auto_delete_exchanges(&mut self, sources: &[String]) {
+        for source in sources {
+            let unbound = self
+                .exchanges
+                .get(source)
+                .is_some_and(|exchange| exchange.auto_delete && !is_reserved(&exchange.name))
+                && !self
+                    .bindings
+                    .iter()
+                    .any(|binding| &binding.exchange == source);
+            if unbound {
+                self.exchanges.remove(source);
+            }
+        }
     }
 
     fn check_binding_ends(
@@ -616,8 +636,15 @@ impl Metadata {
             .filter_map(|name| self.queues.remove(name))
             .collect();
         if !removed.is_empty() {
+            let sources: Vec<String> = self
+                .bindings
+                .iter()
+                .filter(|binding| names.contains(&binding.queue))
+                .map(|binding| binding.exchange.clone())
+                .collect();
             self.bindings
                 .retain(|binding| !names.contains(&binding.queue));
+            self.drop_unbound_auto_delete_exchanges(&sources);
             self.version += 1;
         }
         removed
@@ -935,6 +962,36 @@ mod tests {
             metadata.declare_queue(queue("amq.q")),
             Err(TopologyError::InvalidName { .. })
         ));
+    }
+
+    #[test]
+    fn an_auto_delete_exchange_goes_with_its_last_binding() {
+        let mut metadata = Metadata::new(1);
+        let mut temporary = exchange("temporary", ExchangeKind::Fanout);
+        temporary.auto_delete = true;
+        metadata.declare_exchange(temporary.clone()).unwrap();
+        let mut never_bound = temporary.clone();
+        never_bound.name = "never-bound".into();
+        metadata.declare_exchange(never_bound).unwrap();
+        metadata.declare_queue(queue("a")).unwrap();
+        metadata.declare_queue(queue("b")).unwrap();
+        metadata
+            .bind(binding("temporary", "a", ""), CONNECTION)
+            .unwrap();
+        metadata
+            .bind(binding("temporary", "b", ""), CONNECTION)
+            .unwrap();
+
+        metadata
+            .unbind(&binding("temporary", "a", ""), CONNECTION)
+            .unwrap();
+        assert!(
+            metadata.exchange("temporary").is_some(),
+            "one binding is left"
+        );
+        metadata.delete_queue("b", CONNECTION).unwrap();
+        assert!(metadata.exchange("temporary").is_none());
+        assert!(metadata.exchange("never-bound").is_some());
     }
 
     #[test]

@@ -532,3 +532,58 @@ fn bindings_route_until_unbound_and_go_with_their_exchange() {
     );
     assert_eq!(client.queue_counts("bound"), (1, 0));
 }
+
+/// An auto-delete exchange goes when its last binding does, by an unbind or with its queue; one
+/// that never had a binding stays.
+///
+/// Catches: the auto-delete flag accepted and ignored (it was until this test), an exchange
+/// deleted while it still has a binding. Cannot catch: the same across a restart (the topology
+/// file keeps durable auto-delete exchanges with their bindings; unit-tested there).
+#[test]
+fn an_auto_delete_exchange_goes_with_its_last_binding() {
+    let _serial = common::serial();
+    let broker = start_broker(&scratch("auto-delete-exchange"), 2);
+    let mut client = TestClient::connect(broker.client_addr());
+    let declare = |client: &mut TestClient, name: &str, passive: bool| {
+        client.request(|request_id| {
+            Frame::ExchangeDeclare(ruuster_wire::frame::ExchangeDeclare {
+                request_id,
+                exchange: short(name),
+                kind: ExchangeKind::Fanout,
+                durable: true,
+                auto_delete: true,
+                passive,
+                arguments: Table::new(),
+            })
+        })
+    };
+    for name in ["temporary", "never-bound"] {
+        assert!(matches!(
+            declare(&mut client, name, false),
+            Frame::ExchangeDeclareOk(_)
+        ));
+    }
+    client.declare_queue("first", true);
+    client.declare_queue("second", false);
+    client.bind("first", "temporary", "");
+    client.bind("second", "temporary", "");
+
+    assert!(matches!(
+        client.unbind_reply("first", "temporary", ""),
+        Frame::QueueUnbindOk(_)
+    ));
+    assert!(matches!(
+        declare(&mut client, "temporary", true),
+        Frame::ExchangeDeclareOk(_)
+    ));
+    assert!(matches!(
+        client.queue_delete_reply("second", false, false),
+        Frame::QueueDeleteOk(_)
+    ));
+    let reply = declare(&mut client, "temporary", true);
+    assert_eq!(error_code(&reply), ErrorCode::EXCHANGE_NOT_FOUND);
+    assert!(matches!(
+        declare(&mut client, "never-bound", true),
+        Frame::ExchangeDeclareOk(_)
+    ));
+}
