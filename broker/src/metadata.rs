@@ -23,6 +23,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data_dir::{DataDirError, write_atomically};
+use crate::routing::BindingArgument;
+use crate::routing::headers::{MATCH_MODE_KEY, MatchMode};
 pub use crate::routing::{ArgumentValue, ExchangeKind, QueueId, ShardId};
 
 /// The version of `topology.json` this broker writes and reads.
@@ -545,6 +547,7 @@ impl Metadata {
             }
         })?;
         check_arguments(&binding.arguments)?;
+        self.check_match_mode(&binding)?;
         if self.bindings.contains(&binding) {
             return Ok(Change::None);
         }
@@ -593,6 +596,33 @@ impl Metadata {
             if unbound {
                 self.exchanges.remove(source);
             }
+        }
+    }
+
+    /// A headers binding's `x-match` must be one the routing table knows, or the snapshot with
+    /// the binding would not build.
+    fn check_match_mode(&self, binding: &Binding) -> Result<(), TopologyError> {
+        let headers = self
+            .exchanges
+            .get(&binding.exchange)
+            .is_some_and(|exchange| exchange.kind == ExchangeKind::Headers);
+        if !headers {
+            return Ok(());
+        }
+        let arguments: Vec<BindingArgument> = binding
+            .arguments
+            .iter()
+            .map(|(key, value)| BindingArgument {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        match MatchMode::from_arguments(&arguments) {
+            Some(_) => Ok(()),
+            None => Err(TopologyError::InvalidArgument {
+                key: MATCH_MODE_KEY.to_string(),
+                reason: "must be the string all, any, all-with-x or any-with-x",
+            }),
         }
     }
 
@@ -962,6 +992,27 @@ mod tests {
             metadata.declare_queue(queue("amq.q")),
             Err(TopologyError::InvalidName { .. })
         ));
+    }
+
+    #[test]
+    fn a_headers_binding_needs_a_known_match_mode() {
+        let mut metadata = Metadata::new(1);
+        metadata
+            .declare_exchange(exchange("by-headers", ExchangeKind::Headers))
+            .unwrap();
+        metadata.declare_queue(queue("q")).unwrap();
+        let mut bad = binding("by-headers", "q", "");
+        bad.arguments
+            .insert("x-match".into(), ArgumentValue::Str("most".into()));
+        assert!(matches!(
+            metadata.bind(bad, CONNECTION),
+            Err(TopologyError::InvalidArgument { .. })
+        ));
+        let mut good = binding("by-headers", "q", "");
+        good.arguments
+            .insert("x-match".into(), ArgumentValue::Str("any".into()));
+        metadata.bind(good, CONNECTION).unwrap();
+        assert!(crate::control::Snapshot::build(&metadata).is_ok());
     }
 
     #[test]

@@ -587,3 +587,48 @@ fn an_auto_delete_exchange_goes_with_its_last_binding() {
         Frame::ExchangeDeclareOk(_)
     ));
 }
+
+/// A headers binding whose `x-match` is not `all`, `any`, `all-with-x` or `any-with-x` (or not a
+/// string) is refused with 305, and the broker keeps serving: the binding never reaches the
+/// routing table, whose build refuses it.
+///
+/// Catches: a bind that the metadata accepts and the routing table cannot build (the control
+/// task stopped the broker on it until this test). Cannot catch: other arguments the routing
+/// table may refuse (its unit tests list them).
+#[test]
+fn a_headers_binding_with_a_bad_match_mode_is_refused_and_the_broker_serves_on() {
+    let _serial = common::serial();
+    let broker = start_broker(&scratch("bad-x-match"), 2);
+    let mut client = TestClient::connect(broker.client_addr());
+    client.declare_exchange("by-headers", ExchangeKind::Headers);
+    client.declare_queue("matched", true);
+    let bind = |client: &mut TestClient, mode: Value| {
+        client.request(|request_id| {
+            Frame::QueueBind(ruuster_wire::frame::QueueBind {
+                request_id,
+                queue: short("matched"),
+                exchange: short("by-headers"),
+                routing_key: short(""),
+                arguments: table("x-match", mode),
+            })
+        })
+    };
+    let text = |text: &'static str| {
+        Value::Str(
+            ruuster_wire::Text::from_utf8(bytes::Bytes::from_static(text.as_bytes())).unwrap(),
+        )
+    };
+    for mode in [text("bogus"), Value::Int(1)] {
+        let reply = bind(&mut client, mode);
+        assert_eq!(error_code(&reply), ErrorCode::INVALID_ARGUMENT);
+    }
+    assert!(matches!(
+        bind(&mut client, text("any")),
+        Frame::QueueBindOk(_)
+    ));
+    assert_eq!(
+        client.queue_counts("matched"),
+        (0, 0),
+        "the broker still answers"
+    );
+}
