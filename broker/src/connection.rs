@@ -321,7 +321,9 @@ impl ConnectionSink for Shared {
             sequence: delivery.sequence,
         };
         self.held.borrow_mut().insert(tag, held);
-        if let Some(cancelled) = self.cancelled.borrow_mut().get_mut(&delivery.consumer) {
+        if let Some(cancelled) = self.cancelled.borrow_mut().get_mut(&delivery.consumer)
+            && cancelled.consumer.queue == delivery.queue
+        {
             cancelled.held_count += 1;
         }
         let archived = envelope.archived();
@@ -767,7 +769,7 @@ fn forget_settled(shared: &Shared, settled: &[Held]) {
         if entry.consumer.queue != held.queue {
             continue;
         }
-        entry.held_count -= 1;
+        entry.held_count = entry.held_count.saturating_sub(1);
         if entry.answered && entry.held_count == 0 {
             cancelled.remove(&held.consumer);
         }
