@@ -1098,6 +1098,13 @@ async fn queue_delete(shared: &Rc<Shared>, delete: QueueDelete) -> Reply {
             format!("no queue {:?}", delete.queue.as_str()),
         ));
     };
+    // Before the conditions: another connection learns nothing about an exclusive queue.
+    if queue
+        .exclusive_to
+        .is_some_and(|owner| owner != shared.connection_id())
+    {
+        return Err((ErrorCode::EXCLUSIVE_LOCKED, "exclusive queue".into()));
+    }
     let owner = usize::from(queue.owner.0);
     let counts = shared.query(owner, queue.id, Query::Counts).await;
     let (message_count, consumer_count) = match counts {

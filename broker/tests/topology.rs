@@ -271,11 +271,14 @@ fn requests_about_missing_things_get_their_numbered_errors() {
 }
 
 /// An exclusive queue answers only its connection: every request from another gets 303 (a
-/// declare, passive or not, a consume, a bind, a purge, a delete). It goes when its connection
-/// closes, with its messages: a queue declared later under the same name starts empty.
+/// declare, passive or not, a consume, a bind or unbind, a purge, a delete, also one with
+/// if-unused and if-empty). It goes when its connection closes, with its messages: a queue
+/// declared later under the same name starts empty.
 ///
-/// Catches: an exclusive queue reachable from another connection, one left behind by its
-/// closed connection, its messages resurrected in a namesake. Cannot catch: the same across a
+/// Catches: an exclusive queue reachable from another connection, a delete whose conditions
+/// are judged before its exclusivity (302, telling another connection the queue is not empty,
+/// until this test), one left behind by its closed connection, its messages resurrected in a
+/// namesake. Cannot catch: the same across a
 /// restart (in `restart.rs`).
 #[test]
 fn an_exclusive_queue_answers_only_its_connection_and_goes_with_it() {
@@ -300,6 +303,8 @@ fn an_exclusive_queue_answers_only_its_connection_and_goes_with_it() {
         other.bind_reply("mine", "fan", "again"),
         other.queue_purge_reply("mine"),
         other.queue_delete_reply("mine", false, false),
+        other.queue_delete_reply("mine", true, true),
+        other.unbind_reply("mine", "fan", ""),
     ];
     for reply in replies {
         assert_eq!(error_code(&reply), ErrorCode::EXCLUSIVE_LOCKED, "{reply:?}");
