@@ -103,13 +103,9 @@ pub fn bind(
         .map(|_| open(client_addr, true, "client port"))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let base = match shard_port_base {
-        Some(base) => Some(base),
-        None if client_addr.port() == 0 => None,
-        None => Some(client_addr.port().checked_add(1).ok_or_else(|| {
-            resolve_error("the client port is 65535, leaving no room for shard ports".into())
-        })?),
-    };
+    let base = first_shard_port(requested.port(), client_addr.port(), shard_port_base).ok_or_else(
+        || resolve_error("the client port is 65535, leaving no room for shard ports".into()),
+    )?;
     let mut per_shard = Vec::with_capacity(shard_count);
     for shard in 0..shard_count {
         let port = match base {
@@ -128,6 +124,22 @@ pub fn bind(
         shared,
         per_shard,
     })
+}
+
+/// The first shard's port: the configured base; else, when the client port was asked for
+/// explicitly, the port after it; else `Some(None)`: ephemeral shard ports, since the ports after
+/// one the kernel picked may be held by anything (an outgoing connection, another broker).
+/// `None` when the client port is 65535 and leaves no room.
+fn first_shard_port(
+    requested_port: u16,
+    client_port: u16,
+    configured: Option<u16>,
+) -> Option<Option<u16>> {
+    match configured {
+        Some(base) => Some(Some(base)),
+        None if requested_port == 0 => Some(None),
+        None => client_port.checked_add(1).map(Some),
+    }
 }
 
 fn open(
@@ -183,6 +195,14 @@ mod tests {
                 .iter()
                 .all(|&port| port != 0 && port != listeners.client_addr.port())
         );
+    }
+
+    #[test]
+    fn an_ephemeral_client_port_gets_ephemeral_shard_ports() {
+        assert_eq!(first_shard_port(0, 40_000, None), Some(None));
+        assert_eq!(first_shard_port(5690, 5690, None), Some(Some(5691)));
+        assert_eq!(first_shard_port(0, 40_000, Some(7000)), Some(Some(7000)));
+        assert_eq!(first_shard_port(65_535, 65_535, None), None);
     }
 
     #[test]
