@@ -260,11 +260,19 @@ fn nacks_and_rejects_requeue_in_place_or_discard() {
     let five = client.next_delivery();
     assert_delivery(&four, 4, false, 1);
     assert_delivery(&five, 5, false, 1);
-    client.ack(five.delivery_tag, true);
+    // Tag 0 with multiple settles everything outstanding, and with nothing outstanding it is
+    // no error (PROTOCOL.md, section 9).
+    client.ack(0, true);
+    client.ack(0, true);
 
     eventually("two acks, four discards, three requeues", || {
         settled_counts(&mut admin) == (2, 4, 3, 0, 0)
     });
+    assert_eq!(
+        client.stats()["acked_count"],
+        2,
+        "the connection is still open"
+    );
 }
 
 /// Two consumers on one connection, prefetch 3 and 5, drain 1,500 messages while acking as late
