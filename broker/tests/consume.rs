@@ -580,3 +580,53 @@ fn consumer_ids_of_gone_consumers_are_used_again() {
         client.stats()["acked_count"] == 1
     });
 }
+
+/// A durable queue delivers only what is fsynced; a transient queue on the same shard delivers
+/// what is written. The broker syncs every 60 s here, so the durable queue's messages,
+/// confirmed at `written` and published first, stay undelivered while the transient queue's,
+/// published after them, reach the same consumer connection.
+///
+/// Catches: a durable queue that delivers at `written` (a power loss could then take back what
+/// a consumer saw), a shard whose dispatch of one queue waits for another's watermark. Cannot
+/// catch: an early delivery the dispatcher would make only after the test's last check.
+#[test]
+fn a_durable_queue_delivers_only_what_is_fsynced() {
+    let _serial = common::serial();
+    let mut config = common::test_config(&scratch("durable-gate"), 2);
+    config.fsync = ruuster_broker::config::FsyncPolicy::Interval;
+    config.fsync_interval_ms = 60_000;
+    let broker = common::start_broker_with(config);
+    let mut admin = TestClient::connect(shard_address(&broker, 0));
+    let durable_owner = admin.declare_queue("synced-only", true);
+    admin.declare_queue("elsewhere", false);
+    let transient_owner = admin.declare_queue("written-is-enough", false);
+    assert_eq!(durable_owner, transient_owner, "both on one shard");
+
+    let mut consumer = TestClient::connect(shard_address(&broker, other_shard(durable_owner)));
+    let durable_consumer = consumer.consume("synced-only", 10);
+    let transient_consumer = consumer.consume("written-is-enough", 10);
+    admin.publish("", "synced-only", &payloads(0..3), Durability::Written);
+    admin.confirms_through(3);
+    admin.publish(
+        "",
+        "written-is-enough",
+        &payloads(0..3),
+        Durability::Written,
+    );
+    admin.confirms_through(6);
+
+    for index in 0..3 {
+        let delivery = consumer.next_delivery();
+        assert_eq!(
+            delivery.consumer_id, transient_consumer,
+            "the durable queue's consumer {durable_consumer} got a delivery before a sync"
+        );
+        assert_delivery(&delivery, index, false, 1);
+    }
+    assert_eq!(admin.queue_counts("synced-only"), (3, 1));
+    assert_eq!(
+        admin.stats()["messages_unacked_count"],
+        3,
+        "only the transient ones"
+    );
+}
