@@ -292,6 +292,17 @@ impl Config {
                 message: format!("{:?} is not host:port", self.listen),
             });
         }
+        // The handshake promises this prefetch; a queue refuses any above its own maximum.
+        let prefetch_max = self.limits.prefetch_max;
+        if prefetch_max == 0 || prefetch_max > crate::queue::PREFETCH_COUNT_MAX {
+            return Err(ConfigError::Invalid {
+                field: "limits.prefetch_max",
+                message: format!(
+                    "{prefetch_max} is outside 1..={}",
+                    crate::queue::PREFETCH_COUNT_MAX
+                ),
+            });
+        }
         Ok(())
     }
 }
@@ -299,6 +310,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefetch_maximum_above_what_a_queue_takes_is_refused() {
+        let mut config = Config::default();
+        assert!(config.validate().is_ok());
+        for prefetch_max in [0, crate::queue::PREFETCH_COUNT_MAX + 1] {
+            config.limits.prefetch_max = prefetch_max;
+            assert!(config.validate().is_err(), "{prefetch_max}");
+        }
+    }
 
     #[test]
     fn an_empty_file_keeps_every_default() {

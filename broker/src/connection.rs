@@ -83,6 +83,18 @@ struct Consumer {
     prefetch: u32,
 }
 
+/// A consumer the client cancelled. Its id stays taken until no frame about it can come any
+/// more and none of its deliveries is outstanding, so that a tag or a `CancelOk` is never
+/// taken for a later consumer's with the same id.
+#[derive(Debug)]
+struct Cancelled {
+    consumer: Consumer,
+    /// Its deliveries not settled yet.
+    held_count: usize,
+    /// The owner stopped it and `CancelOk` went out.
+    answered: bool,
+}
+
 /// One message's confirm, waiting for its targets and for the messages before it.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
@@ -190,7 +202,11 @@ struct Shared {
     next_delivery_tag: Cell<u64>,
     held: RefCell<BTreeMap<u64, Held>>,
     consumers: RefCell<HashMap<u32, Consumer>>,
+    /// Consumers the client cancelled. Their owners keep what they hold unacked until it is
+    /// settled; when the connection closes, those messages return to their queues.
+    cancelled: RefCell<HashMap<u32, Cancelled>>,
     pending_consumes: RefCell<HashMap<u32, (u32, ShortStr)>>,
+    /// Where the search for a free consumer id starts: ids go round before one is used again.
     next_consumer: Cell<u32>,
     queries: RefCell<HashMap<u64, flume::Sender<QueryReply>>>,
     next_query: Cell<u64>,
@@ -229,8 +245,8 @@ impl Shared {
         let _ = self.write_bell.0.try_send(());
     }
 
-    /// Answers a failed request: `ErrorReply`, or `Close` for a code that ends the connection
-    /// (PROTOCOL.md section 10: the frame, not the code, says whether the connection ends).
+    /// Answers a failed request: `ErrorReply`, or `Close` alone for a code that ends the
+    /// connection (PROTOCOL.md section 10: the frame, not the code, says whether it ends).
     fn error_reply(&self, request_id: u32, code: ErrorCode, message: &str) {
         if code.closes_connection() {
             self.close(code, message);
@@ -253,6 +269,20 @@ impl Shared {
             reason: short(reason),
         }));
         let _ = self.write_bell.0.try_send(());
+    }
+
+    /// A consumer id no consumer of this connection has (active, or cancelled and not yet done
+    /// with), searched from after the last one given; `None` when every id is taken.
+    fn free_consumer_id(&self) -> Option<u32> {
+        let consumers = self.consumers.borrow();
+        let cancelled = self.cancelled.borrow();
+        let id_count = CONSUMERS_PER_CONNECTION_MAX - 1;
+        let start = self.next_consumer.get();
+        let id = (0..id_count)
+            .map(|step| 1 + (start - 1 + step) % id_count)
+            .find(|id| !consumers.contains_key(id) && !cancelled.contains_key(id))?;
+        self.next_consumer.set(id % id_count + 1);
+        Some(id)
     }
 
     fn flush_confirms(&self) {
@@ -349,6 +379,11 @@ impl ConnectionSink for Shared {
             sequence: delivery.sequence,
         };
         self.held.borrow_mut().insert(tag, held);
+        if let Some(cancelled) = self.cancelled.borrow_mut().get_mut(&delivery.consumer)
+            && cancelled.consumer.queue == delivery.queue
+        {
+            cancelled.held_count += 1;
+        }
         let archived = envelope.archived();
         let bytes = envelope.bytes();
         let frame = Deliver {
@@ -377,6 +412,20 @@ impl ConnectionSink for Shared {
             Some(code) => {
                 self.consumers.borrow_mut().remove(&consumer);
                 self.error_reply(request_id, code, "consumer refused by the queue");
+            }
+        }
+    }
+
+    fn cancelled(&self, request_id: u32, consumer: u32) {
+        self.send(Frame::CancelOk(CancelOk {
+            request_id,
+            consumer_id: consumer,
+        }));
+        let mut cancelled = self.cancelled.borrow_mut();
+        if let Some(entry) = cancelled.get_mut(&consumer) {
+            entry.answered = true;
+            if entry.held_count == 0 {
+                cancelled.remove(&consumer);
             }
         }
     }
@@ -430,6 +479,7 @@ where
         next_delivery_tag: Cell::new(1),
         held: RefCell::new(BTreeMap::new()),
         consumers: RefCell::new(HashMap::new()),
+        cancelled: RefCell::new(HashMap::new()),
         pending_consumes: RefCell::new(HashMap::new()),
         next_consumer: Cell::new(1),
         queries: RefCell::new(HashMap::new()),
@@ -820,6 +870,7 @@ fn settle(shared: &Rc<Shared>, tag: u64, multiple: bool, action: Settle) {
         held.remove(&tag).into_iter().collect()
     };
     drop(held);
+    forget_settled(shared, &settled);
     if settled.is_empty() && !(multiple && tag == 0) {
         shared.error_reply(
             0,
@@ -846,6 +897,29 @@ fn settle(shared: &Rc<Shared>, tag: u64, multiple: bool, action: Settle) {
             action,
         };
         shared.core.send_control_now(usize::from(owner), message);
+    }
+}
+
+/// Counts settled deliveries off the cancelled consumers that held them, and lets go of a
+/// cancelled consumer that holds nothing more once its `CancelOk` went out.
+fn forget_settled(shared: &Shared, settled: &[Held]) {
+    let mut cancelled = shared.cancelled.borrow_mut();
+    if cancelled.is_empty() {
+        return;
+    }
+    for held in settled {
+        let Some(entry) = cancelled.get_mut(&held.consumer) else {
+            continue;
+        };
+        // An id freed by a queue's deletion may be in use again by a consumer of another
+        // queue; the old consumer's tags are not the new one's.
+        if entry.consumer.queue != held.queue {
+            continue;
+        }
+        entry.held_count = entry.held_count.saturating_sub(1);
+        if entry.answered && entry.held_count == 0 {
+            cancelled.remove(&held.consumer);
+        }
     }
 }
 
@@ -878,11 +952,9 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         );
         return;
     }
-    let mut consumers = shared.consumers.borrow_mut();
-    if consumers
-        .values()
-        .any(|consumer| consumer.tag == consume.consumer_tag)
-    {
+    let consumers = shared.consumers.borrow();
+    let tag_in_use = |tag: &ShortStr| consumers.values().any(|consumer| consumer.tag == *tag);
+    if !consume.consumer_tag.is_empty() && tag_in_use(&consume.consumer_tag) {
         drop(consumers);
         shared.error_reply(
             consume.request_id,
@@ -906,22 +978,35 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         );
         return;
     }
-    let id = shared.next_consumer.get();
-    if id >= CONSUMERS_PER_CONNECTION_MAX {
-        drop(consumers);
+    drop(consumers);
+    let Some(id) = shared.free_consumer_id() else {
         shared.error_reply(
             consume.request_id,
             ErrorCode::LIMIT_EXCEEDED,
             "too many consumers",
         );
         return;
-    }
-    shared.next_consumer.set(id + 1);
+    };
+    let mut consumers = shared.consumers.borrow_mut();
+    let tag_in_use = |tag: &ShortStr| consumers.values().any(|consumer| consumer.tag == *tag);
+    // An empty tag asks the broker for one (PROTOCOL.md, `Consume`). A client may have picked
+    // the same form itself, so a taken one is skipped (at most one step per consumer).
+    let tag = if consume.consumer_tag.is_empty() {
+        (0..)
+            .map(|attempt| match attempt {
+                0 => short(&format!("amq.ctag-{id}")),
+                _ => short(&format!("amq.ctag-{id}-{attempt}")),
+            })
+            .find(|tag| !tag_in_use(tag))
+            .expect("fewer consumers than attempts")
+    } else {
+        consume.consumer_tag
+    };
     let owner = queue.owner.0;
     consumers.insert(
         id,
         Consumer {
-            tag: consume.consumer_tag.clone(),
+            tag: tag.clone(),
             queue: queue.id,
             owner,
             prefetch,
@@ -931,7 +1016,7 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
     shared
         .pending_consumes
         .borrow_mut()
-        .insert(id, (consume.request_id, consume.consumer_tag));
+        .insert(id, (consume.request_id, tag));
 
     if queue.auto_delete && !queue.had_consumer {
         let (reply, _) = flume::bounded(1);
@@ -946,6 +1031,7 @@ fn consume_frame(shared: &Rc<Shared>, consume: Consume) {
         consumer,
         request_id: consume.request_id,
         prefetch: consume.prefetch,
+        exclusive: consume.exclusive,
     };
     shared.core.send_control_now(usize::from(owner), message);
 }
@@ -975,8 +1061,9 @@ fn cancel_frame(shared: &Rc<Shared>, cancel: Cancel) {
         );
         return;
     };
-    // The owner requeues what this consumer still holds; acks for those tags that arrive later
-    // find nothing on the owner and are ignored there.
+    // The owner stops the consumer and answers behind the deliveries it already dispatched to
+    // it, so the `CancelOk` sent on that answer is the last frame about the consumer. What the
+    // consumer holds stays outstanding: its tags can still be acked, nacked or rejected here.
     let id = consumer_id(
         shared.core.index as u16,
         shared.serial.get(),
@@ -985,24 +1072,41 @@ fn cancel_frame(shared: &Rc<Shared>, cancel: Cancel) {
     let message = ShardMessage::Cancel {
         queue: consumer.queue,
         consumer: id,
+        request_id: cancel.request_id,
+    };
+    let owner = usize::from(consumer.owner);
+    let held_count = shared
+        .held
+        .borrow()
+        .values()
+        .filter(|held| held.consumer == cancel.consumer_id && held.queue == consumer.queue)
+        .count();
+    let cancelled = Cancelled {
+        consumer,
+        held_count,
+        answered: false,
     };
     shared
-        .core
-        .send_control_now(usize::from(consumer.owner), message);
-    let request_id = cancel.request_id;
-    shared.send(Frame::CancelOk(CancelOk {
-        request_id,
-        consumer_id: cancel.consumer_id,
-    }));
+        .cancelled
+        .borrow_mut()
+        .insert(cancel.consumer_id, cancelled);
+    shared.core.send_control_now(owner, message);
 }
 
-/// Returns every consumer's unacked deliveries and drops exclusive queues.
+/// Returns every consumer's unacked deliveries, cancelled consumers' included, and drops
+/// exclusive queues.
 async fn release(shared: &Rc<Shared>) {
-    let consumers: Vec<(u32, Consumer)> = shared.consumers.borrow_mut().drain().collect();
+    let mut consumers: Vec<(u32, Consumer)> = shared.consumers.borrow_mut().drain().collect();
+    let cancelled = shared.cancelled.borrow_mut().drain().collect::<Vec<_>>();
+    consumers.extend(
+        cancelled
+            .into_iter()
+            .map(|(id, entry)| (id, entry.consumer)),
+    );
     let shard = shared.core.index as u16;
     for (id, consumer) in consumers {
         let consumer_id = consumer_id(shard, shared.serial.get(), id);
-        let message = ShardMessage::Cancel {
+        let message = ShardMessage::Release {
             queue: consumer.queue,
             consumer: consumer_id,
         };
@@ -1173,6 +1277,13 @@ async fn queue_delete(shared: &Rc<Shared>, delete: QueueDelete) -> Reply {
             format!("no queue {:?}", delete.queue.as_str()),
         ));
     };
+    // Before the conditions: another connection learns nothing about an exclusive queue.
+    if queue
+        .exclusive_to
+        .is_some_and(|owner| owner != shared.connection_id())
+    {
+        return Err((ErrorCode::EXCLUSIVE_LOCKED, "exclusive queue".into()));
+    }
     let owner = usize::from(queue.owner.0);
     let counts = shared.query(owner, queue.id, Query::Counts).await;
     let (message_count, consumer_count) = match counts {

@@ -181,11 +181,36 @@ pub async fn run(
             .iter()
             .map(|request| apply(&mut metadata, &request.op))
             .collect();
+        let changed = metadata.version() != before.version();
 
-        let persisted = if metadata.version() == before.version() {
-            Ok(())
+        // The snapshot is built before anything is persisted. The metadata checks every request
+        // so that its snapshot builds; if one slips through (a bug), the group is refused rather
+        // than the broker stopped by a client's request.
+        let snapshot = if changed {
+            match Snapshot::build(&metadata) {
+                Ok(snapshot) => Some(Arc::new(snapshot)),
+                Err(message) => {
+                    error!(
+                        %message,
+                        version = metadata.version(),
+                        "topology does not build; the group's changes are undone"
+                    );
+                    metadata = before;
+                    let message = format!("the topology would not build: {message}");
+                    for request in group {
+                        let _ = request.reply.send(ControlReply::Failed(message.clone()));
+                    }
+                    continue;
+                }
+            }
         } else {
+            None
+        };
+
+        let persisted = if changed {
             persist(&metadata, &data_dir).await
+        } else {
+            Ok(())
         };
         if let Err(message) = persisted {
             error!(%message, "topology not persisted; the group's changes are undone");
@@ -196,8 +221,8 @@ pub async fn run(
             continue;
         }
 
-        if metadata.version() != before.version() {
-            publish(&metadata, &installers, &mut installed_versions).await;
+        if let Some(snapshot) = snapshot {
+            publish(snapshot, &installers, &mut installed_versions).await;
         }
         for (request, outcome) in group.into_iter().zip(outcomes) {
             let reply = match outcome {
@@ -256,18 +281,7 @@ async fn persist(metadata: &Metadata, data_dir: &std::path::Path) -> Result<(), 
         .await
 }
 
-async fn publish(metadata: &Metadata, installers: &Installers, installed: &mut [u64]) {
-    let snapshot = match Snapshot::build(metadata) {
-        Ok(snapshot) => Arc::new(snapshot),
-        Err(message) => {
-            // The metadata passed every declare check, so this is a bug. Serving on with the old
-            // snapshot would answer declares that routing does not know: stop instead.
-            panic!(
-                "snapshot of topology version {} does not build: {message}",
-                metadata.version()
-            );
-        }
-    };
+async fn publish(snapshot: Arc<Snapshot>, installers: &Installers, installed: &mut [u64]) {
     let version = snapshot.version;
     for sender in &installers.snapshots {
         // Installer channels are unbounded: a shard installs snapshots as fast as shard 0 builds

@@ -23,6 +23,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data_dir::{DataDirError, write_atomically};
+use crate::routing::BindingArgument;
+use crate::routing::headers::{MATCH_MODE_KEY, MatchMode};
 pub use crate::routing::{ArgumentValue, ExchangeKind, QueueId, ShardId};
 
 /// The version of `topology.json` this broker writes and reads.
@@ -207,7 +209,7 @@ pub struct Metadata {
     /// Bindings in declaration order; one binding is (exchange, queue, key, arguments).
     bindings: Vec<Binding>,
     next_queue_id: u32,
-    /// Counts server-named queues, so that their names are unique for this broker's lifetime.
+    /// Counts server-named queues; a generated name is never one that exists.
     next_generated_name: u64,
 }
 
@@ -287,8 +289,9 @@ impl Metadata {
                 return Ok(Change::None);
             }
             if is_reserved(&request.name) {
-                return Err(TopologyError::Reserved { name: request.name });
+                return Err(reserved_name(request.name));
             }
+            check_declare_arguments(&request.arguments)?;
             let field = if existing.kind != request.kind {
                 Some("type")
             } else if existing.durable != request.durable {
@@ -317,9 +320,9 @@ impl Metadata {
 
         check_name(&request.name)?;
         if is_reserved(&request.name) {
-            return Err(TopologyError::Reserved { name: request.name });
+            return Err(reserved_name(request.name));
         }
-        check_arguments(&request.arguments)?;
+        check_declare_arguments(&request.arguments)?;
         if self.exchanges.len() >= EXCHANGE_COUNT_MAX {
             return Err(TopologyError::LimitReached {
                 what: "exchanges",
@@ -385,6 +388,7 @@ impl Metadata {
             if request.passive {
                 return Ok((existing.clone(), Change::None));
             }
+            check_declare_arguments(&request.arguments)?;
             let field = if existing.durable != request.durable {
                 Some("durable flag")
             } else if existing.exclusive_to.is_some() != request.exclusive {
@@ -410,17 +414,24 @@ impl Metadata {
         }
 
         let name = if request.name.is_empty() {
-            let name = format!("amq.gen-{:016x}", self.next_generated_name);
-            self.next_generated_name += 1;
-            name
+            // The counter starts again with every broker while durable server-named queues
+            // survive a restart, so a generated name may be taken: skip those (at most one step
+            // per existing queue).
+            loop {
+                let name = format!("amq.gen-{:016x}", self.next_generated_name);
+                self.next_generated_name += 1;
+                if !self.queues.contains_key(&name) {
+                    break name;
+                }
+            }
         } else {
             check_name(&request.name)?;
             if request.name.starts_with("amq.") {
-                return Err(TopologyError::Reserved { name: request.name });
+                return Err(reserved_name(request.name));
             }
             request.name
         };
-        check_arguments(&request.arguments)?;
+        check_declare_arguments(&request.arguments)?;
         if self.queues.len() >= QUEUE_COUNT_MAX {
             return Err(TopologyError::LimitReached {
                 what: "queues",
@@ -536,6 +547,7 @@ impl Metadata {
             }
         })?;
         check_arguments(&binding.arguments)?;
+        self.check_match_mode(&binding)?;
         if self.bindings.contains(&binding) {
             return Ok(Change::None);
         }
@@ -563,8 +575,55 @@ impl Metadata {
         if self.bindings.len() == before {
             return Ok(Change::None);
         }
+        self.drop_unbound_auto_delete_exchanges(std::slice::from_ref(&binding.exchange));
         self.version += 1;
         Ok(Change::Other)
+    }
+
+    /// Deletes the auto-delete exchanges among `sources` that have no binding left: an
+    /// auto-delete exchange goes with its last binding, as in AMQP 0-9-1 (one that never had a
+    /// binding stays). Callers bump the version for the change that unbound them.
+    fn drop_unbound_auto_delete_exchanges(&mut self, sources: &[String]) {
+        for source in sources {
+            let unbound = self
+                .exchanges
+                .get(source)
+                .is_some_and(|exchange| exchange.auto_delete && !is_reserved(&exchange.name))
+                && !self
+                    .bindings
+                    .iter()
+                    .any(|binding| &binding.exchange == source);
+            if unbound {
+                self.exchanges.remove(source);
+            }
+        }
+    }
+
+    /// A headers binding's `x-match` must be one the routing table knows, or the snapshot with
+    /// the binding would not build.
+    fn check_match_mode(&self, binding: &Binding) -> Result<(), TopologyError> {
+        let headers = self
+            .exchanges
+            .get(&binding.exchange)
+            .is_some_and(|exchange| exchange.kind == ExchangeKind::Headers);
+        if !headers {
+            return Ok(());
+        }
+        let arguments: Vec<BindingArgument> = binding
+            .arguments
+            .iter()
+            .map(|(key, value)| BindingArgument {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        match MatchMode::from_arguments(&arguments) {
+            Some(_) => Ok(()),
+            None => Err(TopologyError::InvalidArgument {
+                key: MATCH_MODE_KEY.to_string(),
+                reason: "must be the string all, any, all-with-x or any-with-x",
+            }),
+        }
     }
 
     fn check_binding_ends(
@@ -607,8 +666,15 @@ impl Metadata {
             .filter_map(|name| self.queues.remove(name))
             .collect();
         if !removed.is_empty() {
+            let sources: Vec<String> = self
+                .bindings
+                .iter()
+                .filter(|binding| names.contains(&binding.queue))
+                .map(|binding| binding.exchange.clone())
+                .collect();
             self.bindings
                 .retain(|binding| !names.contains(&binding.queue));
+            self.drop_unbound_auto_delete_exchanges(&sources);
             self.version += 1;
         }
         removed
@@ -736,6 +802,31 @@ fn check_name(name: &str) -> Result<(), TopologyError> {
         return invalid("contains a control character");
     }
     Ok(())
+}
+
+/// The refusal of a declare that names the default exchange or uses the reserved `amq.` prefix:
+/// 304 invalid-name in wire/PROTOCOL.md's code table.
+fn reserved_name(name: String) -> TopologyError {
+    let reason = if name.is_empty() {
+        "the default exchange is predeclared"
+    } else {
+        "the amq. prefix is reserved"
+    };
+    TopologyError::InvalidName { name, reason }
+}
+
+/// Declare arguments switch queue and exchange features on (wire/PROTOCOL.md, "Argument
+/// tables"). This broker implements none of them yet, so it refuses every key: a client must
+/// never believe a feature is on when it is not.
+fn check_declare_arguments(arguments: &Arguments) -> Result<(), TopologyError> {
+    check_arguments(arguments)?;
+    match arguments.keys().next() {
+        Some(key) => Err(TopologyError::InvalidArgument {
+            key: key.clone(),
+            reason: "not implemented by this broker",
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_arguments(arguments: &Arguments) -> Result<(), TopologyError> {
@@ -879,7 +970,15 @@ mod tests {
         metadata.declare_queue(queue("q")).unwrap();
         assert!(matches!(
             metadata.declare_exchange(exchange("amq.custom", ExchangeKind::Direct)),
-            Err(TopologyError::Reserved { .. })
+            Err(TopologyError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            metadata.declare_exchange(exchange("amq.direct", ExchangeKind::Direct)),
+            Err(TopologyError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            metadata.declare_exchange(exchange("", ExchangeKind::Direct)),
+            Err(TopologyError::InvalidName { .. })
         ));
         assert!(matches!(
             metadata.delete_exchange("", false),
@@ -891,8 +990,106 @@ mod tests {
         ));
         assert!(matches!(
             metadata.declare_queue(queue("amq.q")),
-            Err(TopologyError::Reserved { .. })
+            Err(TopologyError::InvalidName { .. })
         ));
+    }
+
+    #[test]
+    fn a_headers_binding_needs_a_known_match_mode() {
+        let mut metadata = Metadata::new(1);
+        metadata
+            .declare_exchange(exchange("by-headers", ExchangeKind::Headers))
+            .unwrap();
+        metadata.declare_queue(queue("q")).unwrap();
+        let mut bad = binding("by-headers", "q", "");
+        bad.arguments
+            .insert("x-match".into(), ArgumentValue::Str("most".into()));
+        assert!(matches!(
+            metadata.bind(bad, CONNECTION),
+            Err(TopologyError::InvalidArgument { .. })
+        ));
+        let mut good = binding("by-headers", "q", "");
+        good.arguments
+            .insert("x-match".into(), ArgumentValue::Str("any".into()));
+        metadata.bind(good, CONNECTION).unwrap();
+        assert!(crate::control::Snapshot::build(&metadata).is_ok());
+    }
+
+    #[test]
+    fn an_auto_delete_exchange_goes_with_its_last_binding() {
+        let mut metadata = Metadata::new(1);
+        let mut temporary = exchange("temporary", ExchangeKind::Fanout);
+        temporary.auto_delete = true;
+        metadata.declare_exchange(temporary.clone()).unwrap();
+        let mut never_bound = temporary.clone();
+        never_bound.name = "never-bound".into();
+        metadata.declare_exchange(never_bound).unwrap();
+        metadata.declare_queue(queue("a")).unwrap();
+        metadata.declare_queue(queue("b")).unwrap();
+        metadata
+            .bind(binding("temporary", "a", ""), CONNECTION)
+            .unwrap();
+        metadata
+            .bind(binding("temporary", "b", ""), CONNECTION)
+            .unwrap();
+
+        metadata
+            .unbind(&binding("temporary", "a", ""), CONNECTION)
+            .unwrap();
+        assert!(
+            metadata.exchange("temporary").is_some(),
+            "one binding is left"
+        );
+        metadata.delete_queue("b", CONNECTION).unwrap();
+        assert!(metadata.exchange("temporary").is_none());
+        assert!(metadata.exchange("never-bound").is_some());
+    }
+
+    #[test]
+    fn declare_arguments_are_refused_while_no_feature_is_implemented() {
+        let mut metadata = Metadata::new(1);
+        let mut request = queue("limited");
+        request
+            .arguments
+            .insert("x-max-length".into(), ArgumentValue::Int(10));
+        assert!(matches!(
+            metadata.declare_queue(request.clone()),
+            Err(TopologyError::InvalidArgument { .. })
+        ));
+        metadata.declare_queue(queue("limited")).unwrap();
+        assert!(
+            matches!(
+                metadata.declare_queue(request),
+                Err(TopologyError::InvalidArgument { .. })
+            ),
+            "a redeclare with arguments is refused too"
+        );
+        let mut with_arguments = exchange("alt", ExchangeKind::Direct);
+        with_arguments
+            .arguments
+            .insert("alternate-exchange".into(), ArgumentValue::Str("x".into()));
+        assert!(matches!(
+            metadata.declare_exchange(with_arguments),
+            Err(TopologyError::InvalidArgument { .. })
+        ));
+        assert_eq!(
+            metadata.version(),
+            2,
+            "only the plain declare changed anything"
+        );
+    }
+
+    #[test]
+    fn a_generated_name_skips_a_durable_server_named_queue_from_before_a_restart() {
+        let dir = scratch("generated-names");
+        let mut metadata = Metadata::new(1);
+        let (kept, _) = metadata.declare_queue(queue("")).unwrap();
+        metadata.save(&dir).unwrap();
+
+        let (mut restarted, _) = Metadata::load(&dir, 1).unwrap();
+        let (fresh, _) = restarted.declare_queue(queue("")).unwrap();
+        assert_ne!(fresh.name, kept.name);
+        assert_ne!(fresh.id, kept.id);
     }
 
     #[test]

@@ -15,9 +15,10 @@
 //! watermark of the queue's [`Durability`].
 //!
 //! **Order.** The queue assigns each message a sequence number; queue order is sequence order, not
-//! journal order. A message that is requeued (nack, reject with requeue, a cancelled consumer, a
-//! dead connection) goes back to its original place by sequence, marked redelivered, keeping its
-//! delivery count. Requeued messages mostly land near the head, where a `VecDeque` insert is cheap.
+//! journal order. A message that is requeued (nack, reject with requeue, a dead connection) goes
+//! back to its original place by sequence, marked redelivered, keeping its delivery count.
+//! Requeued messages mostly land near the head, where a `VecDeque` insert is cheap. A consumer its
+//! client cancelled is only stopped: what it holds stays held until settled.
 //!
 //! **The watermark gate.** A durable queue delivers only what the shard has fsynced (a power loss
 //! must not take back a message a consumer saw); a transient queue delivers what is written to the
@@ -229,6 +230,7 @@ pub struct QueueCounts {
     /// The part of `ready_count` the watermark has not reached yet.
     pub waiting_count: usize,
     pub unacked_count: usize,
+    /// Consumers taking deliveries; stopped ones still holding messages are not counted.
     pub consumer_count: usize,
     pub ready_bytes: u64,
     pub unacked_bytes: u64,
@@ -451,27 +453,36 @@ impl Queue {
         Ok(())
     }
 
-    /// Cancels a consumer (basic.cancel, or its channel or connection closed). Every message it
-    /// held goes back to its original place, marked redelivered. Returns how many went back.
-    ///
-    /// RabbitMQ differs on basic.cancel alone: it leaves the unacked deliveries with the channel
-    /// until they are acked or the channel closes. To match it, the runtime would need a "stop"
-    /// that withdraws the consumer's credit but keeps its held list; that does not exist yet.
-    pub fn remove_consumer(&mut self, consumer: ConsumerId) -> Result<usize, QueueError> {
+    /// Stops a consumer its client cancelled: it gets no more deliveries, and the messages it
+    /// holds stay with it, still to be acked, nacked or rejected, as in AMQP 0-9-1's basic.cancel
+    /// (wire/PROTOCOL.md, `Cancel`). Once it holds nothing it leaves the queue; if its connection
+    /// closes first, [`Queue::remove_consumer`] returns what it still holds. Returns how many
+    /// messages it still holds.
+    pub fn stop_consumer(&mut self, consumer: ConsumerId) -> Result<usize, QueueError> {
         let index = self
             .consumer_index(consumer)
             .ok_or(QueueError::UnknownConsumer { consumer })?;
 
-        let removed = self.consumers.remove(index);
-        if removed.has_credit() {
+        let stopping = &mut self.consumers[index];
+        if stopping.has_credit() {
             self.consumers_with_credit_count -= 1;
         }
-        if index < self.cursor {
-            self.cursor -= 1;
+        stopping.stopped = true;
+        let held_count = stopping.held_count() as usize;
+        if held_count == 0 {
+            self.remove_at(index);
         }
-        if self.cursor >= self.consumers.len() {
-            self.cursor = 0;
-        }
+        Ok(held_count)
+    }
+
+    /// Removes a consumer whose connection closed (or that was stopped and has gone with its
+    /// connection). Every message it held goes back to its original place, marked redelivered.
+    /// Returns how many went back.
+    pub fn remove_consumer(&mut self, consumer: ConsumerId) -> Result<usize, QueueError> {
+        let index = self
+            .consumer_index(consumer)
+            .ok_or(QueueError::UnknownConsumer { consumer })?;
+        let removed = self.remove_at(index);
 
         // Newest first: each message then lands in front of the ones just returned, which near
         // the head is an O(1) insert; oldest first would shift every earlier one again, which for
@@ -485,6 +496,22 @@ impl Queue {
             requeued_count += 1;
         }
         Ok(requeued_count)
+    }
+
+    /// Takes the consumer at `index` out of the ring, keeping the cursor on the consumer that
+    /// was next.
+    fn remove_at(&mut self, index: usize) -> Consumer {
+        let removed = self.consumers.remove(index);
+        if removed.has_credit() {
+            self.consumers_with_credit_count -= 1;
+        }
+        if index < self.cursor {
+            self.cursor -= 1;
+        }
+        if self.cursor >= self.consumers.len() {
+            self.cursor = 0;
+        }
+        removed
     }
 
     /// Hands ready messages to consumers with credit, round robin, appending to `deliveries`, at
@@ -571,8 +598,11 @@ impl Queue {
         let message = holder
             .release(sequence)
             .ok_or(QueueError::UnknownDelivery { consumer, sequence })?;
-        if !had_credit {
+        if !had_credit && holder.has_credit() {
             self.consumers_with_credit_count += 1;
+        }
+        if holder.stopped && holder.held_count() == 0 {
+            self.remove_at(index);
         }
         self.unacked_count -= 1;
         self.unacked_bytes -= u64::from(message.size_bytes);
@@ -620,9 +650,10 @@ impl Queue {
         }
     }
 
-    /// Ends the queue: every consumer gets a cancel notice and every message, held or not, leaves.
+    /// Ends the queue: every consumer not stopped gets a cancel notice (a stopped one was
+    /// answered already) and every message, held or not, leaves.
     pub fn delete(mut self) -> Deleted {
-        let consumers = self.consumers.iter().map(|c| c.id).collect();
+        let consumers = self.active_consumers().map(|c| c.id).collect();
         for consumer in std::mem::take(&mut self.consumers) {
             for message in consumer.into_held().rev() {
                 self.return_to_ready(message);
@@ -645,7 +676,7 @@ impl Queue {
             ready_count: self.ready.len() + self.waiting.len(),
             waiting_count: self.waiting.len(),
             unacked_count: self.unacked_count,
-            consumer_count: self.consumers.len(),
+            consumer_count: self.active_consumers().count(),
             ready_bytes: self.ready_bytes,
             unacked_bytes: self.unacked_bytes,
         }
@@ -696,9 +727,14 @@ impl Queue {
         Some(self.consumers[index].held_sequences())
     }
 
-    /// The consumers in ring order.
+    /// The consumers in ring order, stopped ones included.
     pub fn consumer_ids(&self) -> impl Iterator<Item = ConsumerId> + '_ {
         self.consumers.iter().map(|c| c.id)
+    }
+
+    /// The consumers still taking deliveries, in ring order.
+    fn active_consumers(&self) -> impl Iterator<Item = &Consumer> {
+        self.consumers.iter().filter(|c| !c.stopped)
     }
 
     /// Every check that costs a walk of the lists; for tests.
@@ -732,6 +768,10 @@ impl Queue {
         let mut with_credit_count = 0;
         for consumer in &self.consumers {
             consumer.check_invariants();
+            assert!(
+                !consumer.stopped || consumer.held_count() > 0,
+                "a stopped consumer that holds nothing has left"
+            );
             unacked_count += consumer.held_count() as usize;
             with_credit_count += usize::from(consumer.has_credit());
         }
@@ -992,7 +1032,81 @@ mod tests {
     }
 
     #[test]
-    fn cancelling_a_consumer_returns_its_unacked_messages_in_place_marked_redelivered() {
+    fn a_stopped_consumer_gets_nothing_more_and_keeps_what_it_holds_until_settled() {
+        let mut queue = memory_queue_with(6);
+        queue.add_consumer(ALICE, 2).unwrap();
+        queue.add_consumer(BOB, 2).unwrap();
+        assert_eq!(
+            dispatch_all(&mut queue),
+            vec![(ALICE, 0), (BOB, 1), (ALICE, 2), (BOB, 3)]
+        );
+
+        assert_eq!(queue.stop_consumer(ALICE), Ok(2));
+        queue.check_invariants();
+        assert_eq!(queue.counts().consumer_count, 1);
+        assert_eq!(queue.counts().unacked_count, 4);
+        assert_eq!(queue.ready_sequences().collect::<Vec<_>>(), vec![4, 5]);
+
+        queue.ack(BOB, 1).unwrap();
+        queue.ack(ALICE, 0).unwrap();
+        assert_eq!(
+            dispatch_all(&mut queue),
+            vec![(BOB, 4)],
+            "none for the stopped one"
+        );
+
+        queue.requeue(ALICE, 2).unwrap();
+        assert_eq!(
+            queue.consumer_ids().collect::<Vec<_>>(),
+            vec![BOB],
+            "a stopped consumer leaves once it holds nothing"
+        );
+        assert_eq!(queue.ready_sequences().collect::<Vec<_>>(), vec![2, 5]);
+        assert_eq!(
+            queue.remove_consumer(ALICE),
+            Err(QueueError::UnknownConsumer { consumer: ALICE })
+        );
+    }
+
+    #[test]
+    fn removing_a_stopped_consumer_returns_what_it_still_holds() {
+        let mut queue = memory_queue_with(3);
+        queue.add_consumer(ALICE, 3).unwrap();
+        dispatch_all(&mut queue);
+        queue.stop_consumer(ALICE).unwrap();
+        queue.ack(ALICE, 1).unwrap();
+
+        assert_eq!(queue.remove_consumer(ALICE), Ok(2));
+        queue.check_invariants();
+        assert_eq!(queue.ready_sequences().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(queue.counts().unacked_count, 0);
+    }
+
+    #[test]
+    fn a_consumer_stopped_while_holding_nothing_leaves_at_once() {
+        let mut queue = memory_queue_with(0);
+        queue.add_consumer(ALICE, 3).unwrap();
+        queue.add_consumer(BOB, 3).unwrap();
+        assert_eq!(queue.stop_consumer(ALICE), Ok(0));
+        queue.check_invariants();
+        assert_eq!(queue.consumer_ids().collect::<Vec<_>>(), vec![BOB]);
+    }
+
+    #[test]
+    fn a_deleted_queue_notifies_only_consumers_not_stopped() {
+        let mut queue = memory_queue_with(2);
+        queue.add_consumer(ALICE, 1).unwrap();
+        queue.add_consumer(BOB, 1).unwrap();
+        dispatch_all(&mut queue);
+        queue.stop_consumer(ALICE).unwrap();
+
+        let deleted = queue.delete();
+        assert_eq!(deleted.consumers, vec![BOB]);
+        assert_eq!(deleted.departures.len(), 2);
+    }
+
+    #[test]
+    fn removing_a_consumer_returns_its_unacked_messages_in_place_marked_redelivered() {
         let mut queue = memory_queue_with(4);
         queue.add_consumer(ALICE, 2).unwrap();
         queue.add_consumer(BOB, 2).unwrap();

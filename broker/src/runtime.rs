@@ -37,7 +37,7 @@ use ruuster_segment_store::{Appended, Level, Log, Record, StoreError, SyncPolicy
 use ruuster_wire::{Durability, ErrorCode};
 use tracing::{debug, error, info, warn};
 
-use crate::control::{ControlOp, ControlRequest, Snapshot};
+use crate::control::{ControlOp, ControlReply, ControlRequest, Snapshot};
 use crate::envelope::StoredEnvelope;
 use crate::flow::Flow;
 use crate::journal::{self, Decoded, RECORD_MESSAGE, RECORD_SETTLEMENT, Target};
@@ -91,6 +91,13 @@ pub enum ShardMessage {
         consumer: u32,
         code: ErrorCode,
     },
+    /// A cancelled consumer is stopped on the owner; sent on the data lane, after every delivery
+    /// dispatched to it, so that the connection's `CancelOk` is the last frame about it.
+    Cancelled {
+        connection: u64,
+        request_id: u32,
+        consumer: u32,
+    },
 
     // Control lane.
     /// The outcome of one publish on this shard's queues, back to the publishing connection.
@@ -108,9 +115,20 @@ pub enum ShardMessage {
         consumer: ConsumerId,
         request_id: u32,
         prefetch: u32,
+        /// The consumer must be the queue's only one while it takes deliveries.
+        exclusive: bool,
     },
-    /// The consumer stops; its unacked messages return to the queue.
+    /// The client cancelled the consumer: it gets no more deliveries, and what it holds stays
+    /// unacked until settled or until its connection closes. Answered with
+    /// [`ShardMessage::Cancelled`].
     Cancel {
+        queue: QueueId,
+        consumer: ConsumerId,
+        request_id: u32,
+    },
+    /// The consumer's connection closed: the consumer goes, stopped or not, and its unacked
+    /// messages return to the queue.
+    Release {
         queue: QueueId,
         consumer: ConsumerId,
     },
@@ -185,6 +203,7 @@ pub trait ConnectionSink {
     fn stored(&self, sequence: u64, outcome: Result<Durability, ErrorCode>);
     fn deliver(&self, delivery: Deliver);
     fn consume_result(&self, request_id: u32, consumer: u32, refused: Option<ErrorCode>);
+    fn cancelled(&self, request_id: u32, consumer: u32);
     fn cancel_notice(&self, consumer: u32, code: ErrorCode);
     fn reply(&self, token: u64, reply: QueryReply);
     /// The shard's blocking state changed (see [`crate::flow`]).
@@ -211,6 +230,8 @@ struct OwnedQueue {
     name: String,
     auto_delete: bool,
     queue: Queue,
+    /// A consumer that asked to be the only one; cleared when it stops or goes.
+    exclusive_consumer: Option<ConsumerId>,
 }
 
 /// A publish waiting for the appender.
@@ -447,6 +468,15 @@ impl Core {
                     sink.cancel_notice(consumer, code);
                 }
             }
+            ShardMessage::Cancelled {
+                connection,
+                request_id,
+                consumer,
+            } => {
+                if let Some(sink) = self.sink(connection) {
+                    sink.cancelled(request_id, consumer);
+                }
+            }
             ShardMessage::Stored {
                 connection,
                 sequence,
@@ -463,8 +493,14 @@ impl Core {
                 consumer,
                 request_id,
                 prefetch,
-            } => self.consume(queue, consumer, request_id, prefetch),
-            ShardMessage::Cancel { queue, consumer } => self.cancel(queue, consumer),
+                exclusive,
+            } => self.consume(queue, consumer, request_id, prefetch, exclusive),
+            ShardMessage::Cancel {
+                queue,
+                consumer,
+                request_id,
+            } => self.cancel(queue, consumer, request_id),
+            ShardMessage::Release { queue, consumer } => self.release(queue, consumer),
             ShardMessage::MemoryAlarm { raised } => self.set_memory_alarm(from, raised),
             ShardMessage::Settle {
                 queue,
@@ -541,12 +577,24 @@ impl Core {
         consumer: ConsumerId,
         request_id: u32,
         prefetch: u32,
+        exclusive: bool,
     ) {
         let (shard, connection, local_consumer) = consumer_parts(consumer);
         let refused = match self.queues.borrow_mut().get_mut(&queue) {
             None => Some(ErrorCode::QUEUE_NOT_FOUND),
+            Some(owned)
+                if owned.exclusive_consumer.is_some()
+                    || (exclusive && owned.queue.counts().consumer_count > 0) =>
+            {
+                Some(ErrorCode::EXCLUSIVE_LOCKED)
+            }
             Some(owned) => match owned.queue.add_consumer(consumer, prefetch) {
-                Ok(()) => None,
+                Ok(()) => {
+                    if exclusive {
+                        owned.exclusive_consumer = Some(consumer);
+                    }
+                    None
+                }
                 Err(queue::QueueError::PrefetchTooLarge { .. }) => {
                     Some(ErrorCode::PREFETCH_TOO_LARGE)
                 }
@@ -568,29 +616,91 @@ impl Core {
         }
     }
 
-    fn cancel(self: &Rc<Self>, queue: QueueId, consumer: ConsumerId) {
+    /// Stops a consumer its client cancelled, then answers on the data lane, behind the
+    /// deliveries already dispatched to it.
+    fn cancel(self: &Rc<Self>, queue: QueueId, consumer: ConsumerId, request_id: u32) {
+        let (shard, connection, local_consumer) = consumer_parts(consumer);
+        let answer = ShardMessage::Cancelled {
+            connection,
+            request_id,
+            consumer: local_consumer,
+        };
+        let mut queues = self.queues.borrow_mut();
+        let Some(owned) = queues.get_mut(&queue) else {
+            drop(queues);
+            self.send_ordered(shard as usize, answer);
+            return;
+        };
+        let active_before = owned.queue.counts().consumer_count;
+        if owned.exclusive_consumer == Some(consumer) {
+            owned.exclusive_consumer = None;
+        }
+        if let Err(error) = owned.queue.stop_consumer(consumer) {
+            debug!(%error, "cancel of an unknown consumer");
+        }
+        drop(queues);
+        match self.after_consumer_left(queue, active_before) {
+            None => self.send_ordered(shard as usize, answer),
+            Some(deleted) => {
+                // The last consumer of an auto-delete queue: answer once the queue is gone on
+                // every shard, so that nothing the client does after `CancelOk` finds it. The
+                // consumer is stopped, so no delivery can come after the answer.
+                let core = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = deleted.recv_async().await;
+                    core.send_ordered(shard as usize, answer);
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// Removes a consumer whose connection closed; what it held goes back to the queue.
+    fn release(self: &Rc<Self>, queue: QueueId, consumer: ConsumerId) {
         let mut queues = self.queues.borrow_mut();
         let Some(owned) = queues.get_mut(&queue) else {
             return;
         };
+        let active_before = owned.queue.counts().consumer_count;
+        if owned.exclusive_consumer == Some(consumer) {
+            owned.exclusive_consumer = None;
+        }
         match owned.queue.remove_consumer(consumer) {
             Ok(requeued) => bump(&self.counters.requeued_count, requeued as u64),
-            Err(error) => debug!(%error, "cancel of an unknown consumer"),
+            Err(error) => debug!(%error, "release of an unknown consumer"),
         }
-        let last_gone = owned.auto_delete && owned.queue.counts().consumer_count == 0;
+        drop(queues);
+        // Nobody waits for the deletion: the connection is gone.
+        let _ = self.after_consumer_left(queue, active_before);
+    }
+
+    /// Asks for the deletion of an auto-delete queue whose last active consumer just left (a
+    /// stopped consumer that goes with its connection later changes nothing), and lets the
+    /// queue dispatch again. Returns where the control plane answers the deletion, if asked.
+    fn after_consumer_left(
+        self: &Rc<Self>,
+        queue: QueueId,
+        active_before: usize,
+    ) -> Option<flume::Receiver<ControlReply>> {
+        let queues = self.queues.borrow();
+        let owned = queues.get(&queue)?;
+        let last_gone =
+            owned.auto_delete && active_before > 0 && owned.queue.counts().consumer_count == 0;
         let name = owned.name.clone();
         drop(queues);
         self.mark_dirty(queue);
-        if last_gone {
-            // The reply is not awaited: the control task deletes the queue, and the snapshot
-            // that no longer has it removes its state here.
-            let (reply, _) = flume::bounded(1);
-            let request = ControlRequest {
-                op: ControlOp::LastConsumerGone { queue: name },
-                reply,
-            };
-            let _ = self.control.send(request);
+        if !last_gone {
+            return None;
         }
+        // The control task deletes the queue, and the snapshot that no longer has it removes
+        // its state here; it answers once every shard has installed that snapshot.
+        let (reply, answer) = flume::bounded(1);
+        let request = ControlRequest {
+            op: ControlOp::LastConsumerGone { queue: name },
+            reply,
+        };
+        let _ = self.control.send(request);
+        Some(answer)
     }
 
     fn settle(
@@ -614,8 +724,8 @@ impl Core {
             match result {
                 Ok(Some(departure)) => departures.push(departure),
                 Ok(None) => bump(&self.counters.requeued_count, 1),
-                // The connection checked the tag; a miss means the consumer was cancelled and
-                // its deliveries requeued in between. The message is back in the queue.
+                // The connection checked the tag and a cancelled consumer keeps what it holds,
+                // so a miss is not the client's doing; it leaves the queue as it is.
                 Err(error) => debug!(%error, "settlement of a delivery no longer held"),
             }
         }
@@ -658,7 +768,8 @@ impl Core {
             Query::Counts => {
                 let counts = owned.queue.counts();
                 QueryReply::Counts {
-                    message_count: (counts.ready_count + counts.waiting_count) as u64,
+                    // `ready_count` includes the messages waiting for the watermark.
+                    message_count: counts.ready_count as u64,
                     consumer_count: counts.consumer_count as u32,
                 }
             }
@@ -681,7 +792,7 @@ impl Core {
         let (mut ready, mut unacked) = (0u64, 0u64);
         for owned in queues.values() {
             let counts = owned.queue.counts();
-            ready += (counts.ready_count + counts.waiting_count) as u64;
+            ready += counts.ready_count as u64;
             unacked += counts.unacked_count as u64;
         }
         vec![
@@ -756,6 +867,7 @@ impl Core {
                 name: queue.name.clone(),
                 auto_delete: queue.auto_delete,
                 queue: Queue::new(durability_of(queue.durable)),
+                exclusive_consumer: None,
             });
         }
         drop(queues);
@@ -897,6 +1009,7 @@ impl Core {
                         name: queue.name.clone(),
                         auto_delete: queue.auto_delete,
                         queue: recovery.finish(),
+                        exclusive_consumer: None,
                     },
                 );
             }
@@ -998,8 +1111,18 @@ fn lane_of(message: &ShardMessage) -> Lane {
         ShardMessage::Publish { .. }
         | ShardMessage::Deliver(_)
         | ShardMessage::ConsumeResult { .. }
-        | ShardMessage::CancelNotice { .. } => Lane::Data,
+        | ShardMessage::CancelNotice { .. }
+        | ShardMessage::Cancelled { .. } => Lane::Data,
         _ => Lane::Control,
+    }
+}
+
+/// The highest level a message in a queue of this durability can be confirmed at.
+fn level_cap(durability: queue::Durability) -> Durability {
+    match durability {
+        queue::Durability::Durable => Durability::Fsynced,
+        queue::Durability::Transient => Durability::Written,
+        queue::Durability::Memory => Durability::Memory,
     }
 }
 
@@ -1030,7 +1153,13 @@ struct Placed {
     origin: usize,
     connection: u64,
     sequence: u64,
+    /// The level asked for, lowered to `cap`: the confirm waits for no more than the target
+    /// queues can reach.
     level: Durability,
+    /// The highest level this shard's target queues can reach: a transient queue is not
+    /// replayed after a restart, so its messages count as `written` at most (wire/PROTOCOL.md,
+    /// section 8) even when the journal synced them.
+    cap: Durability,
     /// False when every target queue was deleted before the append: nothing to wait for.
     stored: bool,
     /// The envelope's publish time, for [`Stage::Stored`].
@@ -1078,14 +1207,17 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
     // only this task enqueues, so nothing can take a sequence in between.
     let mut planned: HashMap<QueueId, u64> = HashMap::new();
     let mut targets_per_publish: Vec<Vec<Target>> = Vec::with_capacity(batch.len());
+    let mut caps: Vec<Durability> = Vec::with_capacity(batch.len());
     {
         let queues = core.queues.borrow();
         for publish in &batch {
             let mut targets = Vec::new();
+            let mut cap = Durability::Fsynced;
             for id in publish.envelope.archived().queue_ids().map(QueueId) {
                 let Some(owned) = queues.get(&id) else {
                     continue;
                 };
+                cap = cap.min(level_cap(owned.queue.durability()));
                 let next = planned
                     .entry(id)
                     .or_insert_with(|| owned.queue.next_sequence());
@@ -1096,6 +1228,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
                 *next += 1;
             }
             targets_per_publish.push(targets);
+            caps.push(cap);
         }
     }
 
@@ -1137,7 +1270,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
         _ => 0,
     };
     let mut enqueued_bytes = 0u64;
-    for (publish, targets) in batch.into_iter().zip(targets_per_publish) {
+    for ((publish, targets), cap) in batch.into_iter().zip(targets_per_publish).zip(caps) {
         let stored = !targets.is_empty();
         if stored && let Some(Ok(_)) = &appended {
             enqueue(core, record_offset, &targets, &publish.envelope);
@@ -1149,7 +1282,8 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             origin: publish.origin,
             connection: publish.connection,
             sequence: publish.sequence,
-            level: publish.level,
+            level: publish.level.min(cap),
+            cap,
             stored,
             published_at_ns: publish.envelope.archived().published_at_ns(),
             confirmed_early,
@@ -1240,7 +1374,7 @@ async fn await_levels(core: Rc<Core>, appended: Appended, placed: Vec<Placed>) {
                     core.stages
                         .record_since_ns(Stage::Stored, publish.published_at_ns, now);
                     let outcome = if publish.stored {
-                        Ok(reached)
+                        Ok(reached.min(publish.cap))
                     } else {
                         Ok(publish.level)
                     };

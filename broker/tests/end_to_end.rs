@@ -152,35 +152,6 @@ fn unroutable_messages_are_returned_when_mandatory_and_confirmed_as_such() {
     );
 }
 
-/// Deliveries a consumer held when its connection died go back to the queue, redelivered.
-#[test]
-fn unacked_messages_return_when_the_consumer_connection_dies() {
-    let _serial = common::serial();
-    let broker = start_broker(&scratch("connection-death"), 2);
-    let mut publisher = TestClient::connect(broker.client_addr());
-    publisher.declare_queue("jobs", true);
-    let payloads: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i]).collect();
-    publisher.publish("", "jobs", &payloads, Durability::Fsynced);
-    publisher.confirms_through(3);
-
-    let mut doomed = TestClient::connect(broker.client_addr());
-    doomed.consume("jobs", 10);
-    for _ in 0..3 {
-        doomed.next_delivery();
-    }
-    drop(doomed);
-
-    let mut survivor = TestClient::connect(broker.client_addr());
-    survivor.consume("jobs", 10);
-    let values: Vec<(u8, bool)> = (0..3)
-        .map(|_| {
-            let delivery = survivor.next_delivery();
-            (TestClient::payload(&delivery)[0], delivery.redelivered)
-        })
-        .collect();
-    assert_eq!(values, vec![(0, true), (1, true), (2, true)]);
-}
-
 /// Durable messages confirmed before a clean stop are delivered after a restart, marked
 /// redelivered; acked ones do not come back.
 #[test]

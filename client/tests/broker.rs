@@ -181,6 +181,87 @@ async fn publish_confirm_consume_and_requeue_against_the_broker() {
     within("close", connection.close()).await.unwrap();
 }
 
+/// A cancelled consumer's deliveries stay the application's to settle, through the client's
+/// API: after `Consumer::cancel` the stream ends with `Cancelled`, a delivery received before
+/// can still be acked or nacked, another consumer does not get the held ones meanwhile, and what
+/// is still unsettled when the connection closes comes back, redelivered. Consumes with empty
+/// tags get distinct tags from the broker.
+///
+/// Catches: a broker that requeues at the cancel (the second consumer would get 0 first), a
+/// client that refuses to settle a cancelled consumer's deliveries, a broker that echoes empty
+/// tags. Cannot catch: the order of frames around the cancel (the broker's consume tests).
+#[tokio::test]
+async fn a_cancelled_consumers_deliveries_stay_outstanding_until_settled() {
+    let broker = TestBroker::start("cancel-outstanding");
+    let options = ConnectOptions::new(broker.address());
+    let first = within("connect", Client::connect(&options)).await.unwrap();
+    let second = within("connect", Client::connect(&options)).await.unwrap();
+    within(
+        "declare",
+        first.queue_declare("tasks", &QueueOptions::default()),
+    )
+    .await
+    .unwrap();
+    within(
+        "declare",
+        first.queue_declare("idle", &QueueOptions::default()),
+    )
+    .await
+    .unwrap();
+    let messages: Vec<_> = (0..4u8).map(|index| ("tasks", body(&[index]))).collect();
+    let pending = first
+        .publish_batch("", &messages, &PublishOptions::default())
+        .await
+        .unwrap();
+    within("confirm", pending).await.unwrap();
+
+    let plain = ConsumeOptions::default();
+    let idle_a = within("consume", first.consume("idle", "", 1, &plain))
+        .await
+        .unwrap();
+    let idle_b = within("consume", first.consume("idle", "", 1, &plain))
+        .await
+        .unwrap();
+    assert!(!idle_a.tag().is_empty() && idle_a.tag() != idle_b.tag());
+
+    let mut cancelled = within("consume", first.consume("tasks", "", 3, &plain))
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(within("delivery", cancelled.recv()).await.unwrap());
+    }
+    within("cancel", cancelled.cancel()).await.unwrap();
+    assert!(matches!(
+        within("end", cancelled.recv()).await,
+        Err(ruuster_client::ConsumerEnd::Cancelled)
+    ));
+
+    let mut other = within("consume", second.consume("tasks", "", 10, &plain))
+        .await
+        .unwrap();
+    let next = within("delivery", other.recv()).await.unwrap();
+    assert_eq!(
+        (&next.body.payload()[..], next.redelivered),
+        (&[3u8][..], false)
+    );
+    next.ack().unwrap();
+
+    held[0].ack().unwrap();
+    held[1].nack(true).unwrap();
+    let requeued = within("delivery", other.recv()).await.unwrap();
+    assert_eq!(&requeued.body.payload()[..], &[1u8]);
+    assert_eq!((requeued.redelivered, requeued.delivery_count), (true, 2));
+    requeued.ack().unwrap();
+
+    within("close", first.close()).await.unwrap();
+    let returned = within("delivery", other.recv()).await.unwrap();
+    assert_eq!(&returned.body.payload()[..], &[2u8]);
+    assert!(returned.redelivered);
+    returned.ack().unwrap();
+    within("close", second.close()).await.unwrap();
+}
+
 /// `connect_to_queue_owner` lands on the shard the broker placed the queue on, for queues on
 /// both shards, and a topic exchange routes a mandatory publish to the matching queues while
 /// an unmatched one comes back as returned.

@@ -895,27 +895,35 @@ impl<S: Storage> Log<S> {
     }
 }
 
+/// Writes what nobody waits for every `period` and, under `Interval`, syncs once the interval
+/// has passed since its last sync; between syncs it only writes.
 async fn background<S: Storage>(weak: Weak<Shared<S>>, period: Duration) {
-    let period = match weak.upgrade().map(|shared| shared.options.sync_policy) {
-        Some(SyncPolicy::Interval(interval)) => interval.min(period),
-        _ => period,
+    let interval = match weak.upgrade().map(|shared| shared.options.sync_policy) {
+        Some(SyncPolicy::Interval(interval)) => Some(interval),
+        _ => None,
     };
+    let period = interval.map_or(period, |interval| interval.min(period));
+    let mut synced_at = std::time::Instant::now();
     loop {
         runtime::sleep(period).await;
         let Some(shared) = weak.upgrade() else { return };
-        let (end, level) = {
+        let end = {
             let state = shared.state.borrow();
             if state.poisoned.is_some() {
                 return;
             }
-            let level = match shared.options.sync_policy {
-                SyncPolicy::Interval(_) => Level::Fsynced,
-                _ => Level::Written,
-            };
-            (state.next_offset, level)
+            state.next_offset
+        };
+        let now = std::time::Instant::now();
+        let sync_due = interval.is_some_and(|interval| now >= synced_at + interval);
+        let level = if sync_due {
+            synced_at = now;
+            Level::Fsynced
+        } else {
+            Level::Written
         };
         // Errors poison the log inside `drive`; waiters see them.
-        let _ = shared.drive(end, level, level == Level::Fsynced).await;
+        let _ = shared.drive(end, level, sync_due).await;
     }
 }
 

@@ -308,6 +308,44 @@ fn interval_policy_confirms_fsynced_after_a_periodic_sync() {
     });
 }
 
+/// The background task writes what nobody waits for at its own period, but under `Interval` it
+/// syncs only once the interval has passed: with a 60 s interval and a 1 ms period, a record
+/// gets written and not synced.
+///
+/// Catches: an interval policy that syncs at every background run (it synced every 5 ms, the
+/// default period, whatever the interval, until this test). Cannot catch: an interval kept
+/// too long (the test above bounds the wait for a sync loosely).
+#[test]
+fn interval_policy_writes_in_the_background_but_syncs_once_per_interval() {
+    let dir = scratch_dir("interval-long");
+    run(async move {
+        let options = Options {
+            sync_policy: SyncPolicy::Interval(std::time::Duration::from_secs(60)),
+            background_period: Some(std::time::Duration::from_millis(1)),
+            max_payload_bytes: 8 * 1024,
+            segment_bytes: 1024 * 1024,
+            ..Options::default()
+        };
+        let (log, _) = Log::open(&dir, options).await.unwrap();
+        let syncs_at_open = log.stats().syncs_count;
+        let body = payload(7, 100);
+        log.append(&[record(&body, 0)]).await.unwrap();
+        for _ in 0..5_000 {
+            if log.written_offset() >= 1 {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            log.written_offset(),
+            1,
+            "the background task wrote the record"
+        );
+        assert_eq!(log.durable_offset(), 0, "and did not sync it");
+        assert_eq!(log.stats().syncs_count, syncs_at_open);
+    });
+}
+
 /// Catches: a time index that points past the records at or after a timestamp, and retention by
 /// offset or age that deletes too much or too little.
 #[test]

@@ -35,6 +35,9 @@ pub(super) struct Consumer {
     /// The most deliveries this consumer may hold unacked; never zero (zero on the wire means
     /// "unlimited" and is mapped to the named maximum before it gets here).
     pub(super) prefetch_count: u32,
+    /// Cancelled by its client: it gets no more deliveries but keeps what it holds until those
+    /// are settled or its connection closes.
+    pub(super) stopped: bool,
     slots: VecDeque<Slot>,
     held_count: u32,
 }
@@ -45,6 +48,7 @@ impl Consumer {
         Consumer {
             id,
             prefetch_count,
+            stopped: false,
             slots: VecDeque::new(),
             held_count: 0,
         }
@@ -59,10 +63,9 @@ impl Consumer {
     }
 
     pub(super) fn has_credit(&self) -> bool {
-        self.held_count < self.prefetch_count
+        !self.stopped && self.held_count < self.prefetch_count
     }
 
-    #[cfg(test)]
     pub(super) fn held_count(&self) -> u32 {
         self.held_count
     }

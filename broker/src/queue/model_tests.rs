@@ -42,6 +42,9 @@ enum Op {
     RemoveConsumer {
         consumer: u8,
     },
+    StopConsumer {
+        consumer: u8,
+    },
     Dispatch,
     Ack {
         consumer: u8,
@@ -74,6 +77,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             Op::AddConsumer { consumer, prefetch_count }
         }),
         1 => consumer.clone().prop_map(|consumer| Op::RemoveConsumer { consumer }),
+        1 => consumer.clone().prop_map(|consumer| Op::StopConsumer { consumer }),
         4 => Just(Op::Dispatch),
         4 => (consumer.clone(), any::<usize>()).prop_map(|(consumer, pick)| Op::Ack {
             consumer,
@@ -116,6 +120,13 @@ struct ModelMessage {
     place: Place,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct ModelConsumer {
+    id: ConsumerId,
+    limit: usize,
+    stopped: bool,
+}
+
 /// The reference: messages indexed by sequence, consumers in ring order with their limits.
 struct Model {
     durability: Durability,
@@ -123,7 +134,7 @@ struct Model {
     durable_offset: u64,
     next_journal_offset: u64,
     messages: Vec<ModelMessage>,
-    consumers: Vec<(ConsumerId, usize)>,
+    consumers: Vec<ModelConsumer>,
     cursor: usize,
 }
 
@@ -162,12 +173,15 @@ impl Model {
             let count = self.consumers.len();
             let Some(index) = (0..count)
                 .map(|step| (self.cursor + step) % count)
-                .find(|&i| self.held_by(self.consumers[i].0).len() < self.consumers[i].1)
+                .find(|&i| {
+                    let consumer = self.consumers[i];
+                    !consumer.stopped && self.held_by(consumer.id).len() < consumer.limit
+                })
             else {
                 break;
             };
 
-            let consumer = self.consumers[index].0;
+            let consumer = self.consumers[index].id;
             self.cursor = (index + 1) % count;
             let message = &mut self.messages[sequence as usize];
             message.place = Place::Held(consumer);
@@ -190,11 +204,15 @@ impl Model {
         } else {
             message.place = Place::Gone;
         }
+        let stopped = self.consumers.iter().any(|c| c.id == consumer && c.stopped);
+        if stopped && self.held_by(consumer).is_empty() {
+            self.take_out(consumer);
+        }
         true
     }
 
-    fn remove_consumer(&mut self, consumer: ConsumerId) -> Option<usize> {
-        let index = self.consumers.iter().position(|c| c.0 == consumer)?;
+    fn take_out(&mut self, consumer: ConsumerId) -> Option<()> {
+        let index = self.consumers.iter().position(|c| c.id == consumer)?;
         self.consumers.remove(index);
         if index < self.cursor {
             self.cursor -= 1;
@@ -202,11 +220,34 @@ impl Model {
         if self.cursor >= self.consumers.len() {
             self.cursor = 0;
         }
+        Some(())
+    }
+
+    fn remove_consumer(&mut self, consumer: ConsumerId) -> Option<usize> {
+        self.take_out(consumer)?;
         let held = self.held_by(consumer);
         for &sequence in &held {
-            self.settle(consumer, sequence, true);
+            let message = &mut self.messages[sequence as usize];
+            message.place = Place::Queued;
+            message.redelivered = true;
         }
         Some(held.len())
+    }
+
+    /// The client cancelled: no more deliveries; what it holds stays until settled.
+    fn stop_consumer(&mut self, consumer: ConsumerId) -> Option<usize> {
+        let entry = self.consumers.iter_mut().find(|c| c.id == consumer)?;
+        entry.stopped = true;
+        let held_count = self.held_by(consumer).len();
+        if held_count == 0 {
+            self.take_out(consumer);
+        }
+        Some(held_count)
+    }
+
+    fn active_consumers(&self) -> Vec<ConsumerId> {
+        let active = self.consumers.iter().filter(|c| !c.stopped);
+        active.map(|c| c.id).collect()
     }
 }
 
@@ -306,7 +347,7 @@ impl Harness {
             } => {
                 let consumer = ConsumerId(u64::from(consumer));
                 let result = self.queue.add_consumer(consumer, prefetch_count);
-                let exists = self.model.consumers.iter().any(|c| c.0 == consumer);
+                let exists = self.model.consumers.iter().any(|c| c.id == consumer);
                 assert_eq!(result.is_ok(), !exists);
                 if !exists {
                     let limit = if prefetch_count == 0 {
@@ -314,13 +355,22 @@ impl Harness {
                     } else {
                         prefetch_count
                     };
-                    self.model.consumers.push((consumer, limit as usize));
+                    self.model.consumers.push(ModelConsumer {
+                        id: consumer,
+                        limit: limit as usize,
+                        stopped: false,
+                    });
                 }
             }
             Op::RemoveConsumer { consumer } => {
                 let consumer = ConsumerId(u64::from(consumer));
                 let result = self.queue.remove_consumer(consumer).ok();
                 assert_eq!(result, self.model.remove_consumer(consumer));
+            }
+            Op::StopConsumer { consumer } => {
+                let consumer = ConsumerId(u64::from(consumer));
+                let result = self.queue.stop_consumer(consumer).ok();
+                assert_eq!(result, self.model.stop_consumer(consumer));
             }
             Op::Dispatch => self.dispatch(),
             Op::Ack { consumer, pick } => self.settle(consumer, pick, Settle::Ack),
@@ -474,7 +524,7 @@ impl Harness {
         let ready: Vec<u64> = self.queue.ready_sequences().collect();
         assert_eq!(ready, model.queued());
         let consumers: Vec<ConsumerId> = self.queue.consumer_ids().collect();
-        let model_consumers: Vec<ConsumerId> = model.consumers.iter().map(|c| c.0).collect();
+        let model_consumers: Vec<ConsumerId> = model.consumers.iter().map(|c| c.id).collect();
         assert_eq!(consumers, model_consumers);
 
         let mut places = vec![0u32; model.messages.len()];
@@ -483,12 +533,21 @@ impl Harness {
         }
         let mut unacked_count = 0;
         let mut unacked_bytes = 0;
-        for &(consumer, limit) in &model.consumers {
+        for &ModelConsumer {
+            id: consumer,
+            limit,
+            stopped,
+        } in &model.consumers
+        {
             let held: Vec<u64> = self.queue.unacked_sequences(consumer).unwrap().collect();
             assert_eq!(held, model.held_by(consumer));
             assert!(
                 held.len() <= limit,
                 "{consumer:?} holds more than its prefetch"
+            );
+            assert!(
+                !stopped || !held.is_empty(),
+                "{consumer:?} stopped and empty"
             );
             for &sequence in &held {
                 places[sequence as usize] += 1;
@@ -520,15 +579,14 @@ impl Harness {
         assert_eq!(counts.unacked_count, unacked_count);
         assert_eq!(counts.unacked_bytes, unacked_bytes);
         assert_eq!(counts.ready_bytes, ready_bytes);
-        assert_eq!(counts.consumer_count, model.consumers.len());
+        assert_eq!(counts.consumer_count, model.active_consumers().len());
     }
 
     /// Deletes the queue: every consumer is named and every remaining message departs once.
     fn delete(mut self) {
         let queue = std::mem::replace(&mut self.queue, Queue::new(Durability::Memory));
         let deleted = queue.delete();
-        let model_consumers: Vec<ConsumerId> = self.model.consumers.iter().map(|c| c.0).collect();
-        assert_eq!(deleted.consumers, model_consumers);
+        assert_eq!(deleted.consumers, self.model.active_consumers());
 
         for departure in deleted.departures {
             assert_eq!(departure.reason, DepartureReason::Deleted);

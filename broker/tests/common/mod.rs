@@ -15,12 +15,15 @@ use bytes::{Bytes, BytesMut};
 use ruuster_broker::config::Config;
 use ruuster_broker::server::Broker;
 use ruuster_wire::frame::{
-    Ack, Confirm, Consume, Deliver, ExchangeDeclare, Hello, Nack, Publish, PublishMessage,
-    QueueBind, QueueDeclare, Welcome,
+    Ack, Cancel, Confirm, Consume, Deliver, ExchangeDeclare, ExchangeDelete, Hello, Nack, Publish,
+    PublishMessage, QueueBind, QueueDeclare, QueueDeclareOk, QueueDelete, QueuePurge, QueueUnbind,
+    Reject, Stats, Welcome,
 };
 use ruuster_wire::handshake::PlainCredentials;
 use ruuster_wire::limits::PROTOCOL_VERSION;
-use ruuster_wire::{Durability, ExchangeKind, Frame, FrameDecoder, Properties, ShortStr, Table};
+use ruuster_wire::{
+    Durability, ErrorCode, ExchangeKind, Frame, FrameDecoder, Properties, ShortStr, Table,
+};
 
 /// How long a test waits for any one frame before it fails instead of hanging.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(20);
@@ -55,11 +58,10 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// Starts a broker in this process on an ephemeral port with `shards` shards.
 pub fn start_broker(data_dir: &Path, shards: usize) -> Broker {
-    init_logs();
-    Broker::start(test_config(data_dir, shards)).expect("broker starts")
+    start_broker_with(test_config(data_dir, shards))
 }
 
-/// The configuration [`start_broker`] uses, for tests that change a limit.
+/// The configuration [`start_broker`] uses, for tests that change a field.
 pub fn test_config(data_dir: &Path, shards: usize) -> Config {
     Config {
         data_dir: data_dir.to_path_buf(),
@@ -70,6 +72,67 @@ pub fn test_config(data_dir: &Path, shards: usize) -> Config {
         segment_bytes: 4 << 20,
         ..Config::default()
     }
+}
+
+pub fn start_broker_with(config: Config) -> Broker {
+    init_logs();
+    Broker::start(config).expect("broker starts")
+}
+
+/// Stops a broker cleanly and waits for its shards.
+pub fn stop_broker(broker: Broker) {
+    broker.shutdown_handle().shutdown();
+    broker.wait().expect("the broker stops cleanly");
+}
+
+/// The broker's address that lands on `shard`.
+pub fn shard_address(broker: &Broker, shard: u16) -> SocketAddr {
+    broker.shard_addrs()[usize::from(shard)]
+}
+
+/// The other shard of a two-shard broker.
+pub fn other_shard(shard: u16) -> u16 {
+    1 - shard
+}
+
+/// The payload of a message published by [`payloads`]: its index.
+pub fn index_of(delivery: &Deliver) -> u64 {
+    u64::from_le_bytes(TestClient::payload(delivery).try_into().expect("8 bytes"))
+}
+
+/// Payloads holding the indexes `range`, as little-endian `u64`.
+pub fn payloads(range: std::ops::Range<u64>) -> Vec<Vec<u8>> {
+    range.map(|index| index.to_le_bytes().to_vec()).collect()
+}
+
+/// Options of a queue declare.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueFlags {
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub passive: bool,
+}
+
+impl QueueFlags {
+    pub const DURABLE: QueueFlags = QueueFlags {
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        passive: false,
+    };
+    pub const TRANSIENT: QueueFlags = QueueFlags {
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        passive: false,
+    };
+    pub const PASSIVE: QueueFlags = QueueFlags {
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        passive: true,
+    };
 }
 
 pub fn short(text: &str) -> ShortStr {
@@ -86,6 +149,8 @@ pub struct TestClient {
     buffer: BytesMut,
     pending: VecDeque<Frame>,
     next_request: u32,
+    /// Messages published so far: the last publish sequence number used.
+    published_count: u64,
     pub welcome: Welcome,
 }
 
@@ -109,6 +174,7 @@ impl TestClient {
             buffer: BytesMut::new(),
             pending: VecDeque::new(),
             next_request: 1,
+            published_count: 0,
             welcome: Welcome {
                 version: 0,
                 heartbeat_ms: 0,
@@ -143,6 +209,9 @@ impl TestClient {
     }
 
     pub fn send(&mut self, frame: Frame) {
+        if let Frame::Publish(publish) = &frame {
+            self.published_count += publish.messages.len() as u64;
+        }
         let mut out = BytesMut::new();
         frame
             .encode(&mut out, ruuster_wire::limits::FRAME_SIZE_MAX)
@@ -270,6 +339,11 @@ impl TestClient {
         }));
     }
 
+    /// The sequence number of the last message published on this connection.
+    pub fn published_count(&self) -> u64 {
+        self.published_count
+    }
+
     /// Collects confirms until sequence `last` is covered.
     pub fn confirms_through(&mut self, last: u64) -> Vec<Confirm> {
         let mut confirms = Vec::new();
@@ -333,20 +407,190 @@ impl TestClient {
         }));
     }
 
-    /// The broker's counters, summed over shards.
-    pub fn stats(&mut self) -> std::collections::HashMap<String, u64> {
-        let reply =
-            self.request(|request_id| Frame::Stats(ruuster_wire::frame::Stats { request_id }));
-        let Frame::StatsOk(ok) = reply else {
-            panic!("stats failed: {reply:?}")
-        };
-        ok.counters
-            .into_iter()
-            .map(|(name, value)| (name.as_str().to_string(), value))
-            .collect()
+    pub fn nack_multiple(&mut self, delivery_tag: u64, requeue: bool) {
+        self.send(Frame::Nack(Nack {
+            delivery_tag,
+            multiple: true,
+            requeue,
+        }));
     }
 
-    /// Keeps `frame` to be returned by the next [`TestClient::recv`].
+    pub fn reject(&mut self, delivery_tag: u64, requeue: bool) {
+        self.send(Frame::Reject(Reject {
+            delivery_tag,
+            requeue,
+        }));
+    }
+
+    /// Sends a queue declare and returns the reply frame, whatever it is.
+    pub fn queue_declare_reply(
+        &mut self,
+        name: &str,
+        flags: QueueFlags,
+        arguments: Table,
+    ) -> Frame {
+        self.request(|request_id| {
+            Frame::QueueDeclare(QueueDeclare {
+                request_id,
+                queue: short(name),
+                durable: flags.durable,
+                exclusive: flags.exclusive,
+                auto_delete: flags.auto_delete,
+                passive: flags.passive,
+                arguments,
+            })
+        })
+    }
+
+    /// Declares a queue with `flags` and returns the broker's answer, failing on an error.
+    pub fn declare_queue_with(&mut self, name: &str, flags: QueueFlags) -> QueueDeclareOk {
+        match self.queue_declare_reply(name, flags, Table::new()) {
+            Frame::QueueDeclareOk(ok) => ok,
+            other => panic!("declare of {name:?} failed: {other:?}"),
+        }
+    }
+
+    /// A passive declare: the queue's ready message count and consumer count.
+    pub fn queue_counts(&mut self, name: &str) -> (u64, u32) {
+        let ok = self.declare_queue_with(name, QueueFlags::PASSIVE);
+        (ok.message_count, ok.consumer_count)
+    }
+
+    /// Sends an exchange declare and returns the reply frame, whatever it is.
+    pub fn exchange_declare_reply(
+        &mut self,
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        passive: bool,
+        arguments: Table,
+    ) -> Frame {
+        self.request(|request_id| {
+            Frame::ExchangeDeclare(ExchangeDeclare {
+                request_id,
+                exchange: short(name),
+                kind,
+                durable,
+                auto_delete: false,
+                passive,
+                arguments,
+            })
+        })
+    }
+
+    pub fn exchange_delete_reply(&mut self, name: &str, if_unused: bool) -> Frame {
+        self.request(|request_id| {
+            Frame::ExchangeDelete(ExchangeDelete {
+                request_id,
+                exchange: short(name),
+                if_unused,
+            })
+        })
+    }
+
+    pub fn queue_delete_reply(&mut self, name: &str, if_unused: bool, if_empty: bool) -> Frame {
+        self.request(|request_id| {
+            Frame::QueueDelete(QueueDelete {
+                request_id,
+                queue: short(name),
+                if_unused,
+                if_empty,
+            })
+        })
+    }
+
+    pub fn queue_purge_reply(&mut self, name: &str) -> Frame {
+        self.request(|request_id| {
+            Frame::QueuePurge(QueuePurge {
+                request_id,
+                queue: short(name),
+            })
+        })
+    }
+
+    pub fn bind_reply(&mut self, queue: &str, exchange: &str, key: &str) -> Frame {
+        self.request(|request_id| {
+            Frame::QueueBind(QueueBind {
+                request_id,
+                queue: short(queue),
+                exchange: short(exchange),
+                routing_key: short(key),
+                arguments: Table::new(),
+            })
+        })
+    }
+
+    pub fn unbind_reply(&mut self, queue: &str, exchange: &str, key: &str) -> Frame {
+        self.request(|request_id| {
+            Frame::QueueUnbind(QueueUnbind {
+                request_id,
+                queue: short(queue),
+                exchange: short(exchange),
+                routing_key: short(key),
+                arguments: Table::new(),
+            })
+        })
+    }
+
+    pub fn consume_reply(&mut self, queue: &str, prefetch: u32) -> Frame {
+        self.request(|request_id| {
+            Frame::Consume(Consume {
+                request_id,
+                queue: short(queue),
+                consumer_tag: short(&format!("tag-{queue}-{request_id}")),
+                prefetch,
+                exclusive: false,
+                arguments: Table::new(),
+            })
+        })
+    }
+
+    pub fn cancel_reply(&mut self, consumer_id: u32) -> Frame {
+        self.request(|request_id| {
+            Frame::Cancel(Cancel {
+                request_id,
+                consumer_id,
+            })
+        })
+    }
+
+    /// Cancels a consumer and waits for its `CancelOk`.
+    pub fn cancel(&mut self, consumer_id: u32) {
+        let reply = self.cancel_reply(consumer_id);
+        assert!(
+            matches!(reply, Frame::CancelOk(ref ok) if ok.consumer_id == consumer_id),
+            "{reply:?}"
+        );
+    }
+
+    /// The broker's counters by name.
+    pub fn stats(&mut self) -> std::collections::HashMap<String, u64> {
+        match self.request(|request_id| Frame::Stats(Stats { request_id })) {
+            Frame::StatsOk(ok) => ok
+                .counters
+                .into_iter()
+                .map(|(name, value)| (name.as_str().to_string(), value))
+                .collect(),
+            other => panic!("stats failed: {other:?}"),
+        }
+    }
+
+    /// Reads frames until the broker closes the connection with `Close`; returns its code.
+    pub fn expect_close(&mut self) -> ErrorCode {
+        loop {
+            let frame = match self.pending.pop_front() {
+                Some(frame) => frame,
+                None => self
+                    .recv_socket()
+                    .expect("a Close before the socket closed"),
+            };
+            if let Frame::Close(close) = frame {
+                return close.code;
+            }
+        }
+    }
+
+    /// Keeps a frame read out of turn, to be returned by the next `recv`.
     pub fn push_back(&mut self, frame: Frame) {
         self.pending.push_back(frame);
     }
@@ -358,4 +602,24 @@ impl TestClient {
             .payload()
             .to_vec()
     }
+}
+
+/// The code of an `ErrorReply`; fails on any other frame.
+pub fn error_code(frame: &Frame) -> ErrorCode {
+    match frame {
+        Frame::ErrorReply(reply) => reply.code,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// Asks `condition` up to 200 times, 25 ms apart (5 s in all), for effects the broker applies
+/// after its reply (a connection's close seen by the broker, an auto-delete); fails with `what`.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("not within 5 s: {what}");
 }
