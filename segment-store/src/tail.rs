@@ -14,9 +14,12 @@
 //!   well, whose write rewrites that block and may start only once this one has completed.
 //!
 //! Hence at most one write is in flight per 4 KiB block, at most `writes_in_flight_max` writes are
-//! in flight, and full chunks are written while appenders fill the next one. Writes complete in
-//! any order; the written position is the end of the contiguous prefix of completed writes, and
-//! the written offset moves only past whole batches below it.
+//! in flight, and a chunk can be written while earlier ones are still in flight and appenders fill
+//! the next. Writes complete in any order; the written position is the end of the contiguous
+//! prefix of completed writes, and the written offset moves only past whole batches below it.
+//!
+//! Cost: a chunk cut short keeps its whole `write_bytes_max` allocation until its write completes
+//! (at most `writes_in_flight_max` of them at a time), and each cut allocates the next chunk.
 
 use std::collections::VecDeque;
 use std::rc::Rc;

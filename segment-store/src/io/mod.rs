@@ -20,6 +20,7 @@ pub trait WriteBuffer: AsRef<[u8]> + AsMut<[u8]> + 'static {
     /// Shortens the buffer to its first `len` bytes, which are all a write of it sends.
     fn shorten(&mut self, len: usize);
 
+    /// The buffer as bytes, by a name that `Rc<Self>`'s own `AsRef` does not shadow.
     fn bytes(&self) -> &[u8] {
         self.as_ref()
     }
