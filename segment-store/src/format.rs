@@ -258,18 +258,27 @@ pub const fn frame_bytes(payload_bytes: usize) -> u64 {
 
 /// Appends one record frame to `target`.
 pub fn encode_record(header: &RecordHeader, payload: &[u8], target: &mut Vec<u8>) {
+    target.extend_from_slice(&encode_record_header(header, payload));
+    target.extend_from_slice(payload);
+}
+
+/// The header of the frame of `payload`, CRC included: a frame is these bytes followed by the
+/// payload. The log copies both straight into its write buffers, so the payload is copied once.
+pub fn encode_record_header(header: &RecordHeader, payload: &[u8]) -> [u8; RECORD_HEADER_BYTES] {
     assert_eq!(header.payload_bytes as usize, payload.len());
     assert!(payload.len() <= MAX_PAYLOAD_BYTES_LIMIT);
-    let start = target.len();
-    target.extend_from_slice(&header.payload_bytes.to_le_bytes());
-    target.extend_from_slice(&[0; 4]);
-    target.extend_from_slice(&header.offset.to_le_bytes());
-    target.extend_from_slice(&header.epoch.to_le_bytes());
-    target.extend_from_slice(&header.flags.to_le_bytes());
-    target.extend_from_slice(&header.timestamp_ms.to_le_bytes());
-    target.extend_from_slice(payload);
-    let crc = record_crc(&target[start..]);
-    target[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    let mut bytes = [0u8; RECORD_HEADER_BYTES];
+    bytes[0..4].copy_from_slice(&header.payload_bytes.to_le_bytes());
+    bytes[8..16].copy_from_slice(&header.offset.to_le_bytes());
+    bytes[16..20].copy_from_slice(&header.epoch.to_le_bytes());
+    bytes[20..24].copy_from_slice(&header.flags.to_le_bytes());
+    bytes[24..32].copy_from_slice(&header.timestamp_ms.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[0..4]);
+    hasher.update(&bytes[8..]);
+    hasher.update(payload);
+    bytes[4..8].copy_from_slice(&hasher.finalize().to_le_bytes());
+    bytes
 }
 
 fn record_crc(frame: &[u8]) -> u32 {

@@ -7,6 +7,8 @@
 //! - [`segment`]: sparse offset and time indexes, live sets, the record scanner, pure.
 //! - [`index_file`]: the persisted index of a sealed segment, pure.
 //! - [`log`]: the [`Log`]: appends, group commit, watermarks, reads, reclaim, poisoning.
+//! - `tail`: the active segment's unwritten bytes in the buffers their writes send, and the
+//!   rules for cutting them into writes that may be in flight together.
 //! - `recovery`: opening a log (rules in that module).
 //! - [`io`]: the I/O seam; [`io::uring`] is glommio's `DmaFile`, [`io::sim`] a simulated disk
 //!   for tests that reorders writes, injects faults and crashes.
@@ -42,6 +44,7 @@ mod mapped;
 mod recovery;
 mod runtime;
 pub mod segment;
+mod tail;
 
 pub use error::StoreError;
 pub use log::{

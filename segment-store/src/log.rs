@@ -5,11 +5,14 @@
 //! An append reserves its offsets and copies its frames into the in-memory tail of the active
 //! segment before its first await, so concurrent appenders on one executor get consecutive offsets
 //! in call order. Waiting for a level then *drives* the pipeline: a waiter submits a write of the
-//! tail, or an fdatasync, or waits for someone else's. Writes copy a block-aligned slice of the
-//! tail into a fresh buffer, so a dispatched buffer is never modified (trap S3); a new write may
-//! not start in a block that a write in flight still covers, which keeps one write per block.
-//! Writes of whole blocks may be in flight together and complete in any order; the written
-//! watermark is the contiguous prefix of completed writes, counted in whole batches.
+//! tail, or an fdatasync, or waits for someone else's. The tail (`crate::tail`) holds the frames in
+//! the direct-I/O buffers that the writes send, so a payload is copied once, and a dispatched
+//! buffer is shared and never modified (trap S3). A new write may not start in a block that a
+//! write in flight still covers, which keeps one write per block. Full buffers, and the whole
+//! blocks of the one being filled, are written while earlier writes are still in flight (up to
+//! `writes_in_flight_max`), so appenders refill the tail while the device works; writes complete in
+//! any order, and the written watermark is the contiguous prefix of completed writes, counted in
+//! whole batches.
 //!
 //! An fdatasync starts only when no other is in flight and covers the written watermark taken
 //! when it starts (trap S4). Appenders that arrive while it runs are covered by the next one: that
@@ -24,7 +27,7 @@
 //! [`SyncPolicy::Interval`] it waits for the next periodic sync.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::io;
 use std::ops::Range;
@@ -39,13 +42,14 @@ use tracing::{debug, error, info, warn};
 use crate::error::StoreError;
 use crate::format::{
     self, BLOCK_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, RecordHeader, SEGMENT_HEADER_BLOCK_BYTES,
-    Seal, SegmentHeader, align_down, align_up, frame_bytes,
+    Seal, SegmentHeader, frame_bytes,
 };
 use crate::index_file::{self, IndexOwner};
-use crate::io::{Storage, StorageFile, uring::UringStorage};
+use crate::io::{Storage, StorageFile, WriteBuffer, uring::UringStorage};
 use crate::mapped;
 use crate::runtime;
 use crate::segment::{LiveSet, Scanner, SegmentIndex};
+use crate::tail::{ChunkWrite, Tail};
 
 /// Largest segment: positions in the index and in the frames' arithmetic stay far from overflow.
 pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 32;
@@ -55,6 +59,10 @@ pub const SEGMENT_BYTES_MIN: u64 = 4 * BLOCK_BYTES;
 const READ_WINDOW_BYTES_MIN: usize = 64 * 1024;
 /// Records per read step of [`Log::scan`]; the scan yields between steps.
 const SCAN_STEP_RECORDS: usize = 1024;
+/// Largest `write_bytes_max`: every tail buffer is this large, and several may be in flight.
+pub const WRITE_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
+/// Largest `writes_in_flight_max`: far beyond the depth at which a disk's bandwidth stops growing.
+pub const WRITES_IN_FLIGHT_LIMIT: usize = 64;
 
 /// When the store calls fdatasync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,9 +107,13 @@ pub struct Options {
     /// Bytes appended but not yet durable (not yet written under `Os`). Appends wait above it. It
     /// bounds the tail memory and how far past the durable point a crash can leave holes.
     pub unsynced_bytes_max: u64,
-    /// Largest single write. A flush larger than this is split into block-aligned writes that
-    /// run concurrently.
+    /// Largest single write, and the size of each tail buffer: appends fill a buffer of this size,
+    /// which is written as soon as it is full while the next one fills. Smaller writes let a
+    /// closed loop of appenders refill the tail while earlier writes run; larger ones cost the
+    /// device less per byte.
     pub write_bytes_max: u64,
+    /// Writes in flight at once. With one, each write waits for the previous to complete.
+    pub writes_in_flight_max: usize,
     /// The synced offset is checkpointed each time durable data grows by this much (and at each
     /// roll and close). Below the checkpoint, damage refuses the open instead of being truncated.
     pub checkpoint_every_bytes: u64,
@@ -127,7 +139,8 @@ impl Default for Options {
             max_payload_bytes: 1024 * 1024,
             sync_policy: SyncPolicy::Always,
             unsynced_bytes_max: 16 * 1024 * 1024,
-            write_bytes_max: 1024 * 1024,
+            write_bytes_max: 256 * 1024,
+            writes_in_flight_max: 4,
             checkpoint_every_bytes: 8 * 1024 * 1024,
             epoch_floor: 1,
             background_period: Some(Duration::from_millis(5)),
@@ -158,10 +171,20 @@ impl Options {
                 format::MAX_PAYLOAD_BYTES_LIMIT
             ));
         }
-        if self.write_bytes_max < BLOCK_BYTES || !self.write_bytes_max.is_multiple_of(BLOCK_BYTES) {
+        if self.write_bytes_max < BLOCK_BYTES
+            || self.write_bytes_max > WRITE_BYTES_LIMIT
+            || !self.write_bytes_max.is_multiple_of(BLOCK_BYTES)
+        {
             return invalid(format!(
-                "write_bytes_max {} must be a positive multiple of {BLOCK_BYTES}",
+                "write_bytes_max {} must be a positive multiple of {BLOCK_BYTES} up to \
+                 {WRITE_BYTES_LIMIT}",
                 self.write_bytes_max
+            ));
+        }
+        if !(1..=WRITES_IN_FLIGHT_LIMIT).contains(&self.writes_in_flight_max) {
+            return invalid(format!(
+                "writes_in_flight_max {} must be in 1..={WRITES_IN_FLIGHT_LIMIT}",
+                self.writes_in_flight_max
             ));
         }
         if self.unsynced_bytes_max < frame_bytes(self.max_payload_bytes) {
@@ -234,6 +257,9 @@ pub struct RecoveryReport {
 pub struct Stats {
     pub writes_count: u64,
     pub written_bytes: u64,
+    /// Writes in flight just after each write was submitted (itself included), summed over
+    /// writes; divided by `writes_count` it is the mean queue depth the writes met.
+    pub writes_in_flight_sum: u64,
     pub syncs_count: u64,
     /// Records newly made durable, summed over syncs; divided by `syncs_count` it is the mean
     /// group size.
@@ -331,53 +357,6 @@ impl<F> Segment<F> {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct InFlight {
-    id: u64,
-    block_end: u64,
-    data_end: u64,
-    done: bool,
-}
-
-/// The in-memory tail of the active segment and the write pipeline over it.
-#[derive(Debug)]
-pub(crate) struct Tail {
-    /// Bytes from file position `position` (block aligned) up to the appended end.
-    pub bytes: Vec<u8>,
-    pub position: u64,
-    pub submitted_position: u64,
-    pub written_position: u64,
-    in_flight: VecDeque<InFlight>,
-    /// (end position, next offset) of appended batches not yet written.
-    batch_ends: VecDeque<(u64, u64)>,
-    /// End position of the last batch that is fully written.
-    written_boundary_position: u64,
-    pub durable_position: u64,
-}
-
-impl Tail {
-    /// A tail whose file already holds everything before `end_position`, of which the last
-    /// partial block is `partial_block`.
-    pub(crate) fn resume(end_position: u64, partial_block: Vec<u8>) -> Self {
-        let position = align_down(end_position);
-        assert_eq!(partial_block.len() as u64, end_position - position);
-        Tail {
-            bytes: partial_block,
-            position,
-            submitted_position: end_position,
-            written_position: end_position,
-            in_flight: VecDeque::new(),
-            batch_ends: VecDeque::new(),
-            written_boundary_position: end_position,
-            durable_position: end_position,
-        }
-    }
-
-    fn end_position(&self) -> u64 {
-        self.position + self.bytes.len() as u64
-    }
-}
-
 struct CheckpointState<F> {
     file: Rc<F>,
     path: PathBuf,
@@ -390,7 +369,7 @@ struct CheckpointState<F> {
 struct State<S: Storage> {
     sealed: BTreeMap<u64, Segment<S::File>>,
     active: Segment<S::File>,
-    tail: Tail,
+    tail: Tail<S::Buffer>,
     next_offset: u64,
     written_offset: u64,
     durable_offset: u64,
@@ -438,12 +417,11 @@ impl<S: Storage> std::fmt::Debug for Log<S> {
     }
 }
 
-struct WriteJob<F> {
-    id: u64,
+struct WriteJob<F, B> {
     file: Rc<F>,
     path: PathBuf,
-    position: u64,
     segment_base_offset: u64,
+    chunk: ChunkWrite<B>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -469,10 +447,10 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Everything recovery hands over to a running log.
-pub(crate) struct Recovered<F> {
+pub(crate) struct Recovered<F, B> {
     pub sealed: BTreeMap<u64, Segment<F>>,
     pub active: Segment<F>,
-    pub tail: Tail,
+    pub tail: Tail<B>,
     pub epoch_current: u32,
     pub checkpoint_file: Rc<F>,
     pub checkpoint_path: PathBuf,
@@ -1019,6 +997,8 @@ impl<S: Storage> Shared<S> {
         let state = &mut *state;
         let first_offset = state.next_offset;
         let mut position = state.tail.end_position();
+        let chunk_bytes = self.options.write_bytes_max as usize;
+        let mut allocate = || self.storage.alloc_buffer(chunk_bytes);
         for record in records {
             let header = RecordHeader {
                 payload_bytes: record.payload.len() as u32,
@@ -1027,7 +1007,9 @@ impl<S: Storage> Shared<S> {
                 flags: record.flags,
                 timestamp_ms: record.timestamp_ms,
             };
-            format::encode_record(&header, record.payload, &mut state.tail.bytes);
+            let header_bytes = format::encode_record_header(&header, record.payload);
+            state.tail.append(&header_bytes, &mut allocate);
+            state.tail.append(record.payload, &mut allocate);
             state
                 .active
                 .index
@@ -1039,10 +1021,7 @@ impl<S: Storage> Shared<S> {
         state.active.record_count = state.next_offset - state.active.base_offset;
         state.active.end_position = position;
         debug_assert_eq!(position, state.tail.end_position());
-        state
-            .tail
-            .batch_ends
-            .push_back((position, state.next_offset));
+        state.tail.push_batch_end(state.next_offset);
         Appended {
             offsets: first_offset..state.next_offset,
         }
@@ -1112,7 +1091,7 @@ impl<S: Storage> Shared<S> {
             state.fsync_wanted_offset = state.fsync_wanted_offset.max(end_offset);
         }
         if state.written_offset < end_offset {
-            if state.writer_scheduled || !self.write_possible(state) {
+            if state.writer_scheduled || !state.tail.can_write(self.options.writes_in_flight_max) {
                 return Ok(if wants_sync {
                     Step::WaitDurable(durable_seen)
                 } else {
@@ -1137,35 +1116,29 @@ impl<S: Storage> Shared<S> {
         Ok(Step::SpawnSync)
     }
 
-    /// True when unsubmitted tail bytes exist and no write in flight covers their first block.
-    fn write_possible(&self, state: &State<S>) -> bool {
-        let tail = &state.tail;
-        if tail.submitted_position >= tail.end_position() {
-            return false;
-        }
-        let block_start = align_down(tail.submitted_position);
-        !tail
-            .in_flight
-            .iter()
-            .any(|write| !write.done && write.block_end > block_start)
-    }
-
     async fn writer_task(self: Rc<Self>) {
         // Go to the back of the run queue once, behind the appenders woken with the spawner.
         futures_lite::future::yield_now().await;
-        let job = {
+        let mut jobs = Vec::new();
+        {
             let mut state = self.state.borrow_mut();
             state.writer_scheduled = false;
-            if state.poisoned.is_some() {
-                None
-            } else {
-                self.try_submit_write(&mut state)
+            if state.poisoned.is_none() {
+                while let Some(job) = self.try_submit_write(&mut state) {
+                    jobs.push(job);
+                }
             }
-        };
-        match job {
-            Some(job) => self.run_write(job).await,
-            None => self.notify_all(),
         }
+        let Some(last) = jobs.pop() else {
+            self.notify_all();
+            return;
+        };
+        // Each write runs in a task of its own so that they are in flight together.
+        for job in jobs {
+            let shared = self.clone();
+            runtime::spawn_detached(async move { shared.run_write(job).await });
+        }
+        self.run_write(last).await
     }
 
     async fn sync_task(self: Rc<Self>) {
@@ -1181,78 +1154,39 @@ impl<S: Storage> Shared<S> {
         self.run_sync(file, target).await
     }
 
-    /// Starts a write of the unsubmitted tail if no write in flight covers its first block.
-    fn try_submit_write(&self, state: &mut State<S>) -> Option<WriteJob<S::File>> {
-        let tail = &mut state.tail;
-        let end = tail.end_position();
-        if tail.submitted_position >= end {
-            return None;
-        }
-        let block_start = align_down(tail.submitted_position);
-        if tail
-            .in_flight
-            .iter()
-            .any(|write| !write.done && write.block_end > block_start)
-        {
-            return None;
-        }
-        let data_end = end.min(block_start + self.options.write_bytes_max);
-        let block_end = align_up(data_end);
+    /// Takes the next write the tail allows (see `crate::tail`), if any.
+    fn try_submit_write(&self, state: &mut State<S>) -> Option<WriteJob<S::File, S::Buffer>> {
         let id = state.write_id_next;
+        let chunk_bytes = self.options.write_bytes_max as usize;
+        let chunk = state
+            .tail
+            .next_write(id, self.options.writes_in_flight_max, || {
+                self.storage.alloc_buffer(chunk_bytes)
+            })?;
         state.write_id_next += 1;
-        tail.submitted_position = data_end;
-        tail.in_flight.push_back(InFlight {
-            id,
-            block_end,
-            data_end,
-            done: false,
-        });
+        state.stats.writes_in_flight_sum += state.tail.writes_in_flight() as u64;
         Some(WriteJob {
-            id,
             file: state.active.file.clone(),
             path: state.active.path.clone(),
-            position: block_start,
             segment_base_offset: state.active.base_offset,
+            chunk,
         })
     }
 
-    /// Copies `[position, end of the write)` from the tail into a fresh, zero-padded buffer.
-    fn fill_buffer(&self, id: u64, position: u64) -> Option<S::Buffer> {
-        let state = self.state.borrow();
-        let write = state.tail.in_flight.iter().find(|write| write.id == id)?;
-        let mut buffer = self
-            .storage
-            .alloc_buffer((write.block_end - position) as usize);
-        let from = (position - state.tail.position) as usize;
-        let to = (write.data_end - state.tail.position) as usize;
-        buffer[..to - from].copy_from_slice(&state.tail.bytes[from..to]);
-        buffer[to - from..].fill(0);
-        Some(buffer)
-    }
-
-    async fn run_write(self: &Rc<Self>, job: WriteJob<S::File>) {
-        let mut position = job.position;
-        let block_end = {
-            let state = self.state.borrow();
-            state
-                .tail
-                .in_flight
-                .iter()
-                .find(|write| write.id == job.id)
-                .map(|write| write.block_end)
-        };
-        let Some(block_end) = block_end else { return };
+    async fn run_write(self: &Rc<Self>, job: WriteJob<S::File, S::Buffer>) {
+        let mut position = job.chunk.position;
+        let mut buffer = job.chunk.buffer.clone();
+        let bytes = buffer.bytes().len() as u64;
         let result = loop {
-            let Some(buffer) = self.fill_buffer(job.id, position) else {
-                return;
-            };
-            let len = buffer.len() as u64;
-            match job.file.write_at(buffer, position).await {
+            let len = buffer.bytes().len() as u64;
+            match job.file.write_at(buffer.clone(), position).await {
                 Ok(written) if written as u64 == len => break Ok(()),
                 Ok(written) if written > 0 && (written as u64).is_multiple_of(BLOCK_BYTES) => {
                     debug!(position, written, "short direct write continued");
                     position += written as u64;
-                    debug_assert!(position < block_end);
+                    let mut rest = self.storage.alloc_buffer(len as usize - written);
+                    rest.bytes_mut().copy_from_slice(&buffer.bytes()[written..]);
+                    buffer = Rc::new(rest);
                 }
                 Ok(written) => {
                     break Err(io::Error::other(format!(
@@ -1263,14 +1197,14 @@ impl<S: Storage> Shared<S> {
             }
         };
         match result {
-            Ok(()) => self.complete_write(&job, block_end - job.position),
+            Ok(()) => self.complete_write(&job, bytes),
             Err(error) => {
                 self.poison(StoreError::io("write", &job.path, Some(position), error).to_string())
             }
         }
     }
 
-    fn complete_write(self: &Rc<Self>, job: &WriteJob<S::File>, bytes: u64) {
+    fn complete_write(self: &Rc<Self>, job: &WriteJob<S::File, S::Buffer>, bytes: u64) {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         state.stats.writes_count += 1;
@@ -1278,30 +1212,8 @@ impl<S: Storage> Shared<S> {
         if state.active.base_offset != job.segment_base_offset {
             return;
         }
-        let tail = &mut state.tail;
-        if let Some(write) = tail.in_flight.iter_mut().find(|write| write.id == job.id) {
-            write.done = true;
-        }
-        while let Some(front) = tail.in_flight.front().copied() {
-            if !front.done {
-                break;
-            }
-            tail.written_position = tail.written_position.max(front.data_end);
-            tail.in_flight.pop_front();
-        }
-        while let Some(&(end_position, next_offset)) = tail.batch_ends.front() {
-            if end_position > tail.written_position {
-                break;
-            }
-            tail.written_boundary_position = end_position;
-            state.written_offset = next_offset;
-            tail.batch_ends.pop_front();
-        }
-        // Keep the block that later writes will rewrite; drop everything before it.
-        let keep_from = align_down(tail.written_position.min(tail.submitted_position));
-        if keep_from > tail.position {
-            tail.bytes.drain(..(keep_from - tail.position) as usize);
-            tail.position = keep_from;
+        if let Some(written_offset) = state.tail.complete(job.chunk.id) {
+            state.written_offset = written_offset;
         }
         let follow_up = self.follow_up(state);
         drop(guard);
@@ -1315,7 +1227,8 @@ impl<S: Storage> Shared<S> {
         if state.poisoned.is_some() {
             return (false, false);
         }
-        let write = !state.writer_scheduled && self.write_possible(state);
+        let write =
+            !state.writer_scheduled && state.tail.can_write(self.options.writes_in_flight_max);
         if write {
             state.writer_scheduled = true;
         }
@@ -1402,8 +1315,8 @@ impl<S: Storage> Shared<S> {
                 position: state.tail.durable_position,
             };
             let mut buffer = self.storage.alloc_buffer(CHECKPOINT_SLOT_BYTES as usize);
-            buffer.fill(0);
-            format::encode_checkpoint(&checkpoint, &mut buffer);
+            buffer.bytes_mut().fill(0);
+            format::encode_checkpoint(&checkpoint, buffer.bytes_mut());
             let slot_position = (checkpoint.sequence % 2) * CHECKPOINT_SLOT_BYTES;
             (
                 state.checkpoint.file.clone(),
@@ -1413,7 +1326,7 @@ impl<S: Storage> Shared<S> {
                 checkpoint,
             )
         };
-        let result = match file.write_at(buffer, slot_position).await {
+        let result = match file.write_at(Rc::new(buffer), slot_position).await {
             Ok(written) if written as u64 == CHECKPOINT_SLOT_BYTES => file.fdatasync().await,
             Ok(written) => Err(io::Error::other(format!(
                 "short checkpoint write of {written}"
@@ -1540,9 +1453,9 @@ impl<S: Storage> Shared<S> {
         let mut block = self
             .storage
             .alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
-        block.fill(0);
-        format::encode_segment_header(&seal_header, &mut block);
-        let sealed = match old_file.write_at(block, 0).await {
+        block.bytes_mut().fill(0);
+        format::encode_segment_header(&seal_header, block.bytes_mut());
+        let sealed = match old_file.write_at(Rc::new(block), 0).await {
             Ok(written) if written as u64 == SEGMENT_HEADER_BLOCK_BYTES => {
                 old_file.fdatasync().await
             }
@@ -1576,7 +1489,10 @@ impl<S: Storage> Shared<S> {
             let mut state = self.state.borrow_mut();
             let state = &mut *state;
             // The header block is on disk already; records start after it.
-            let new_tail = Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, Vec::new());
+            let chunk = self
+                .storage
+                .alloc_buffer(self.options.write_bytes_max as usize);
+            let new_tail = Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, &[], chunk);
             let old_tail = std::mem::replace(&mut state.tail, new_tail);
             let new_active = Segment {
                 base_offset,
@@ -1800,11 +1716,8 @@ impl<S: Storage> Shared<S> {
                 None => segment.end_position,
             };
             let len = (len as u64).min(end.saturating_sub(position)) as usize;
-            if let Some(tail) = tail
-                && position >= tail.position
-            {
-                let from = (position - tail.position) as usize;
-                return Ok(Some(tail.bytes[from..from + len].to_vec()));
+            if let Some(bytes) = tail.and_then(|tail| tail.read(position, len)) {
+                return Ok(Some(bytes));
             }
             if let Some(map) = &segment.map
                 && mapped::is_resident(map, position as usize, len)

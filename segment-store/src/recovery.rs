@@ -26,11 +26,12 @@ use crate::format::{
     SEGMENT_HEADER_BLOCK_BYTES, SegmentHeader, align_down,
 };
 use crate::index_file::{self, IndexOwner};
-use crate::io::{Storage, StorageFile};
-use crate::log::{Options, Recovered, RecoveryReport, Segment, Tail, now_ms};
+use crate::io::{Storage, StorageFile, WriteBuffer};
+use crate::log::{Options, Recovered, RecoveryReport, Segment, now_ms};
 use crate::mapped;
 use crate::runtime;
 use crate::segment::{LiveSet, Scanner, SegmentIndex};
+use crate::tail::Tail;
 
 /// Recovery reads segments in pieces of this size.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
@@ -83,10 +84,10 @@ pub(crate) async fn create_started_segment<S: Storage>(
         seal: None,
     };
     let mut block = storage.alloc_buffer(SEGMENT_HEADER_BLOCK_BYTES as usize);
-    block.fill(0);
-    format::encode_segment_header(&header, &mut block);
+    block.bytes_mut().fill(0);
+    format::encode_segment_header(&header, block.bytes_mut());
     let written = file
-        .write_at(block, 0)
+        .write_at(Rc::new(block), 0)
         .await
         .map_err(|error| StoreError::io("write", path, Some(0), error))?;
     if written as u64 != SEGMENT_HEADER_BLOCK_BYTES {
@@ -270,14 +271,14 @@ pub(crate) async fn write_index<S: Storage>(
     let encoded = index_file::encode_index(owner, index);
     let padded = format::align_up(encoded.len() as u64) as usize;
     let mut buffer = storage.alloc_buffer(padded);
-    buffer[..encoded.len()].copy_from_slice(&encoded);
-    buffer[encoded.len()..].fill(0);
+    buffer.bytes_mut()[..encoded.len()].copy_from_slice(&encoded);
+    buffer.bytes_mut()[encoded.len()..].fill(0);
     let file = storage
         .create_file(&path)
         .await
         .map_err(|error| StoreError::io("create index", &path, None, error))?;
     let written = file
-        .write_at(buffer, 0)
+        .write_at(Rc::new(buffer), 0)
         .await
         .map_err(|error| StoreError::io("write index", &path, Some(0), error))?;
     if written != padded {
@@ -289,12 +290,15 @@ pub(crate) async fn write_index<S: Storage>(
         .map_err(|error| StoreError::io("fdatasync", &path, None, error))
 }
 
+/// The segment appends go to, with its tail.
+type ActiveSegment<S> = (Segment<<S as Storage>::File>, Tail<<S as Storage>::Buffer>);
+
 /// Runs recovery on `dir` and returns the state a log starts from.
 pub(crate) async fn recover<S: Storage>(
     storage: &S,
     dir: &Path,
     options: &Options,
-) -> Result<(Recovered<S::File>, RecoveryReport), StoreError> {
+) -> Result<(Recovered<S::File, S::Buffer>, RecoveryReport), StoreError> {
     let started = Instant::now();
     storage
         .create_dir_all(dir)
@@ -341,7 +345,7 @@ pub(crate) async fn recover<S: Storage>(
 
     let mut epoch_max = checkpoint.map_or(0, |checkpoint| checkpoint.epoch_max);
     let mut sealed: BTreeMap<u64, Segment<S::File>> = BTreeMap::new();
-    let mut active: Option<(Segment<S::File>, Tail)> = None;
+    let mut active: Option<ActiveSegment<S>> = None;
     let mut next_offset = 0u64;
     // Headers first: files at the end whose header never reached the disk were created by a roll
     // that did not finish (the new file is created before the old one is sealed). They hold no
@@ -562,7 +566,8 @@ pub(crate) async fn recover<S: Storage>(
                 "short read of the tail block".into(),
             ));
         }
-        let tail = Tail::resume(scan.end_position, partial.to_vec());
+        let chunk = storage.alloc_buffer(options.write_bytes_max as usize);
+        let tail = Tail::resume(scan.end_position, &partial, chunk);
         report.records_count += scan.next_offset - base_offset;
         next_offset = scan.next_offset;
         let segment = Segment {
@@ -680,7 +685,7 @@ async fn new_segment<S: Storage>(
     base_offset: u64,
     epoch: u32,
     options: &Options,
-) -> Result<(Segment<S::File>, Tail), StoreError> {
+) -> Result<ActiveSegment<S>, StoreError> {
     let path = dir.join(format::segment_file_name(base_offset));
     let (file, created_ms) =
         create_started_segment(storage, &path, options, epoch, base_offset).await?;
@@ -704,7 +709,11 @@ async fn new_segment<S: Storage>(
     };
     Ok((
         segment,
-        Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, Vec::new()),
+        Tail::resume(
+            SEGMENT_HEADER_BLOCK_BYTES,
+            &[],
+            storage.alloc_buffer(options.write_bytes_max as usize),
+        ),
     ))
 }
 

@@ -38,21 +38,22 @@ fn options(negative_control: bool) -> Options {
         segment_bytes: 1024 * 1024,
         max_payload_bytes: 64 * 1024,
         sync_policy: SyncPolicy::Always,
+        // Small writes, so that a group of appends (a quarter of the bodies are over 6 KiB) spans
+        // several: full ones and a whole-block cut in flight together, then a padded last block.
+        write_bytes_max: 16 * 1024,
         confirm_before_durable_for_tests: negative_control,
         ..Options::default()
     }
 }
 
 /// The payload of the `sequence`-th append of task `task`: a 16-byte identity and filler derived
-/// from it, so the parent can tell a real record from anything else.
+/// from it, so the parent can tell a real record from anything else. Every fourth is over 6 KiB.
 fn body(task: u64, sequence: u64) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(200);
+    let filler_bytes = 40 + (sequence % 150) as usize + if sequence % 4 == 3 { 6000 } else { 0 };
+    let mut bytes = Vec::with_capacity(16 + filler_bytes);
     bytes.extend_from_slice(&task.to_le_bytes());
     bytes.extend_from_slice(&sequence.to_le_bytes());
-    bytes.extend_from_slice(&payload(
-        task << 32 | sequence,
-        40 + (sequence % 150) as usize,
-    ));
+    bytes.extend_from_slice(&payload(task << 32 | sequence, filler_bytes));
     bytes
 }
 

@@ -55,6 +55,7 @@ fn options(rng: &mut SimRng, negative_control: bool) -> Options {
         sync_policy: SyncPolicy::Always,
         unsynced_bytes_max: 48 * 1024,
         write_bytes_max: [4096, 8192, 16384][rng.below(3) as usize],
+        writes_in_flight_max: 1 + rng.below(4) as usize,
         checkpoint_every_bytes: 8 * 1024,
         background_period: None,
         verify_sealed_on_open: rng.chance(1, 2),

@@ -10,16 +10,38 @@ pub mod sim;
 pub mod uring;
 
 use std::io;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::rc::Rc;
+
+/// Memory a write can take (aligned for direct I/O where that matters).
+pub trait WriteBuffer: AsRef<[u8]> + AsMut<[u8]> + 'static {
+    /// Shortens the buffer to its first `len` bytes, which are all a write of it sends.
+    fn shorten(&mut self, len: usize);
+
+    /// The buffer as bytes, by a name that `Rc<Self>`'s own `AsRef` does not shadow.
+    fn bytes(&self) -> &[u8] {
+        self.as_ref()
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_mut()
+    }
+}
+
+impl WriteBuffer for Vec<u8> {
+    fn shorten(&mut self, len: usize) {
+        assert!(len <= self.len());
+        self.truncate(len);
+    }
+}
 
 /// A directory-level view of a filesystem.
 #[allow(async_fn_in_trait, reason = "a log and its futures stay on one thread")]
 pub trait Storage: Clone + 'static {
     type File: StorageFile<Buffer = Self::Buffer>;
-    /// Memory that a write can take ownership of (aligned for direct I/O where that matters).
-    type Buffer: Deref<Target = [u8]> + DerefMut + 'static;
+    type Buffer: WriteBuffer;
 
     /// Refuses a directory whose filesystem cannot honour O_DIRECT and fdatasync (tmpfs, ramfs).
     async fn check_directory(&self, dir: &Path) -> io::Result<()>;
@@ -39,12 +61,14 @@ pub trait Storage: Clone + 'static {
 /// One open file.
 #[allow(async_fn_in_trait, reason = "a log and its futures stay on one thread")]
 pub trait StorageFile: 'static {
-    type Buffer: Deref<Target = [u8]> + DerefMut + 'static;
+    type Buffer: WriteBuffer;
     type ReadBuffer: Deref<Target = [u8]> + 'static;
 
     /// Writes the whole buffer at `position`; both are multiples of the block size. Returns the
-    /// number of bytes the kernel wrote (it may be short).
-    async fn write_at(&self, buffer: Self::Buffer, position: u64) -> io::Result<usize>;
+    /// number of bytes the kernel wrote (it may be short). The buffer is shared so that the caller
+    /// can keep reading it while the write runs; nothing writes through an `Rc`, so a buffer
+    /// stays as it was dispatched (trap S3).
+    async fn write_at(&self, buffer: Rc<Self::Buffer>, position: u64) -> io::Result<usize>;
     /// Reads up to `len` bytes at `position` (any alignment); shorter at the end of the file.
     async fn read_at(&self, position: u64, len: usize) -> io::Result<Self::ReadBuffer>;
     async fn fdatasync(&self) -> io::Result<()>;

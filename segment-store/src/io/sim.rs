@@ -4,7 +4,8 @@
 //!
 //! Model rules, and what they leave out:
 //! - A write is *submitted* when `write_at` is first polled and *completes* after a random number
-//!   of yields, so concurrent writes complete in any order. Reads see completed writes only.
+//!   of yields, so concurrent writes complete in any order. Reads see completed writes only. A
+//!   write that overlaps another still in flight panics: the two could land in either order.
 //! - `fdatasync` covers the writes completed when it was called, never those completing later.
 //! - A crash keeps each 4 KiB block of each uncovered write (completed or still in flight) with
 //!   probability one half, applied in submission order over the durable image.
@@ -61,8 +62,18 @@ impl SimRng {
 struct Pending {
     sequence: u64,
     position: u64,
-    data: Vec<u8>,
+    /// The caller's buffer, read when the write completes and again by a crash, as a device
+    /// reads it by DMA at any time until completion.
+    buffer: Rc<Vec<u8>>,
+    /// Bytes of `buffer` that still count (a truncate can cut a pending write short).
+    len: usize,
     completed: bool,
+}
+
+impl Pending {
+    fn data(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
 }
 
 #[derive(Debug, Default)]
@@ -215,13 +226,13 @@ impl SimStorage {
             let mut image = inode.durable.clone();
             for pending in std::mem::take(&mut inode.pending) {
                 let mut start = 0usize;
-                while start < pending.data.len() {
-                    let end = (start + BLOCK_BYTES as usize).min(pending.data.len());
+                while start < pending.len {
+                    let end = (start + BLOCK_BYTES as usize).min(pending.len);
                     if disk.rng.chance(1, 2) {
                         write_into(
                             &mut image,
                             pending.position + start as u64,
-                            &pending.data[start..end],
+                            &pending.data()[start..end],
                         );
                     }
                     start = end;
@@ -374,7 +385,7 @@ impl StorageFile for SimFile {
     type Buffer = Vec<u8>;
     type ReadBuffer = Vec<u8>;
 
-    async fn write_at(&self, buffer: Vec<u8>, position: u64) -> io::Result<usize> {
+    async fn write_at(&self, buffer: Rc<Vec<u8>>, position: u64) -> io::Result<usize> {
         self.check()?;
         assert_eq!(position % BLOCK_BYTES, 0, "direct writes start on a block");
         assert_eq!(
@@ -394,10 +405,23 @@ impl StorageFile for SimFile {
             disk.sequence
         };
         let len = buffer.len();
+        // Two writes in flight over one block may land in either order, so the older content
+        // could win after both were reported complete: the log must never do that.
+        let end = position + len as u64;
+        let overlapping = self.inode.borrow().pending.iter().any(|pending| {
+            !pending.completed
+                && pending.position < end
+                && position < pending.position + pending.len as u64
+        });
+        assert!(
+            !overlapping,
+            "a write at {position}..{end} overlaps a write still in flight"
+        );
         self.inode.borrow_mut().pending.push(Pending {
             sequence,
             position,
-            data: buffer,
+            len,
+            buffer,
             completed: false,
         });
         let yields = self.disk.borrow_mut().rng.below(COMPLETION_YIELDS_MAX + 1);
@@ -412,7 +436,7 @@ impl StorageFile for SimFile {
             .find(|pending| pending.sequence == sequence)
         {
             pending.completed = true;
-            write_into(&mut inode.visible, pending.position, &pending.data);
+            write_into(&mut inode.visible, pending.position, pending.data());
         }
         self.disk.borrow_mut().writes_count += 1;
         Ok(len)
@@ -454,7 +478,7 @@ impl StorageFile for SimFile {
         let mut kept = Vec::new();
         for pending in std::mem::take(&mut inode.pending) {
             if covered.contains(&pending.sequence) {
-                write_into(&mut inode.durable, pending.position, &pending.data);
+                write_into(&mut inode.durable, pending.position, pending.data());
             } else {
                 kept.push(pending);
             }
@@ -487,8 +511,7 @@ impl StorageFile for SimFile {
         inode.durable.resize(len, 0);
         for pending in &mut inode.pending {
             let start = pending.position as usize;
-            let keep = len.saturating_sub(start).min(pending.data.len());
-            pending.data.truncate(keep);
+            pending.len = len.saturating_sub(start).min(pending.len);
         }
         Ok(())
     }

@@ -9,10 +9,11 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::rc::Rc;
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
-use super::{Storage, StorageFile};
+use super::{Storage, StorageFile, WriteBuffer};
 use crate::format::{BLOCK_BYTES, align_down, align_up};
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -28,21 +29,9 @@ pub struct UringFile {
     file: DmaFile,
 }
 
-/// A direct-I/O buffer from glommio's allocator, as a byte slice.
-#[derive(Debug)]
-pub struct DirectBuffer(DmaBuffer);
-
-impl std::ops::Deref for DirectBuffer {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl std::ops::DerefMut for DirectBuffer {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        self.0.as_bytes_mut()
+impl WriteBuffer for DmaBuffer {
+    fn shorten(&mut self, len: usize) {
+        self.trim_to_size(len);
     }
 }
 
@@ -106,7 +95,7 @@ async fn probe_direct_io(dir: &Path) -> io::Result<()> {
 
 impl Storage for UringStorage {
     type File = UringFile;
-    type Buffer = DirectBuffer;
+    type Buffer = DmaBuffer;
 
     async fn check_directory(&self, dir: &Path) -> io::Result<()> {
         let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
@@ -180,18 +169,18 @@ impl Storage for UringStorage {
         directory.close().await.map_err(glommio_error)
     }
 
-    fn alloc_buffer(&self, len: usize) -> DirectBuffer {
-        DirectBuffer(glommio::allocate_dma_buffer(len))
+    fn alloc_buffer(&self, len: usize) -> DmaBuffer {
+        glommio::allocate_dma_buffer(len)
     }
 }
 
 impl StorageFile for UringFile {
-    type Buffer = DirectBuffer;
+    type Buffer = DmaBuffer;
     type ReadBuffer = ReadSlice;
 
-    async fn write_at(&self, buffer: DirectBuffer, position: u64) -> io::Result<usize> {
+    async fn write_at(&self, buffer: Rc<DmaBuffer>, position: u64) -> io::Result<usize> {
         self.file
-            .write_at(buffer.0, position)
+            .write_rc_at(buffer, position)
             .await
             .map_err(glommio_error)
     }
