@@ -71,9 +71,8 @@ runs_file="$suite_dir/runs.tsv"
 
 log() { printf 'bench-suite.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 2; }
-
-# True when something accepts TCP connections on 127.0.0.1:$1.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=lib.sh
+source "$repo_root/scripts/lib.sh"
 
 runs=()
 for token in $workloads; do
@@ -155,16 +154,7 @@ stop_ruuster() {
     [[ -n "$ruuster_pid" ]] || return 0
     local pid="$ruuster_pid"
     ruuster_pid=""
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + broker_stop_timeout_s))
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            log "ruuster pid $pid still alive ${broker_stop_timeout_s}s after SIGTERM; SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.2
-    done
+    stop_pid "$pid" "$broker_stop_timeout_s"
     wait "$pid" 2>/dev/null || true
 }
 
@@ -236,17 +226,6 @@ start_ruuster() {
     done
 }
 
-wait_for_quiet() {
-    local deadline=$((SECONDS + load_wait_s))
-    while ((SECONDS < deadline)); do
-        if awk -v limit="$load_below" '{ exit !($1 < limit) }' /proc/loadavg; then
-            return 0
-        fi
-        sleep 2
-    done
-    log "load still $(cut -d' ' -f1 /proc/loadavg) after ${load_wait_s}s; running anyway"
-}
-
 # Runs the loadgen once and appends the outcome to runs.tsv: $1 system, $2 run, $3 broker pid,
 # then the loadgen's workload flags.
 run_loadgen() {
@@ -256,7 +235,7 @@ run_loadgen() {
     local driver=ruuster launcher=()
     [[ "$system" == rabbitmq ]] && driver=amqp
     [[ "$placement" == pinned ]] && launcher=(taskset -c 1)
-    wait_for_quiet
+    wait_for_quiet "$load_below" "$load_wait_s" 2
     local load
     load="$(cut -d' ' -f1-3 /proc/loadavg)"
     log "== $label (load $load)"

@@ -40,21 +40,14 @@ scripts/peers/rabbitmq.sh stop
 pid="$(BROKER_CPUS="$broker_cpus" scripts/peers/rabbitmq.sh start | tail -n 1)"
 trap 'scripts/peers/rabbitmq.sh stop' EXIT
 
-wait_for_quiet() {
-    local deadline=$((SECONDS + load_wait_s))
-    while ((SECONDS < deadline)); do
-        if awk -v limit="$load_below" '{ exit !($1 < limit) }' /proc/loadavg; then
-            return 0
-        fi
-        sleep 5
-    done
-    echo "load still $(cut -d' ' -f1 /proc/loadavg) after ${load_wait_s}s; running anyway" >&2
-}
+log() { printf 'rabbitmq-baseline.sh: %s\n' "$*" >&2; }
+# shellcheck source=../lib.sh
+source "$repo_root/scripts/lib.sh"
 
 run() {
     local name="$1"
     shift
-    wait_for_quiet
+    wait_for_quiet "$load_below" "$load_wait_s" 5
     echo "== $name ($placement), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     local extra=()
     [[ "${OVERWRITE:-0}" == 1 ]] && extra=(--overwrite)

@@ -27,9 +27,8 @@ pid_file="$scratch/rabbitmq.pid"
 server_bin=/usr/lib/rabbitmq/bin/rabbitmq-server
 
 log() { printf 'rabbitmq.sh: %s\n' "$*" >&2; }
-
-# True when something accepts TCP connections on 127.0.0.1:$1.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=../lib.sh
+source "$repo_root/scripts/lib.sh"
 
 running_pid() {
     [[ -s "$pid_file" ]] || return 1
@@ -131,16 +130,7 @@ stop() {
         rm -f "$pid_file"
         return 0
     fi
-    kill -TERM "$pid"
-    local deadline=$((SECONDS + stop_timeout_s))
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            log "pid $pid still alive after ${stop_timeout_s}s; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.2
-    done
+    stop_pid "$pid" "$stop_timeout_s"
     rm -f "$pid_file"
     log "stopped pid $pid"
 }
