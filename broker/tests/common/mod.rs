@@ -293,33 +293,16 @@ impl TestClient {
 
     /// Declares a queue and returns its owner shard.
     pub fn declare_queue(&mut self, name: &str, durable: bool) -> u16 {
-        let reply = self.request(|request_id| {
-            Frame::QueueDeclare(QueueDeclare {
-                request_id,
-                queue: short(name),
-                durable,
-                exclusive: false,
-                auto_delete: false,
-                passive: false,
-                arguments: Table::new(),
-            })
-        });
-        let Frame::QueueDeclareOk(ok) = reply else {
-            panic!("declare failed: {reply:?}")
+        let flags = if durable {
+            QueueFlags::DURABLE
+        } else {
+            QueueFlags::TRANSIENT
         };
-        ok.owner_shard
+        self.declare_queue_with(name, flags).owner_shard
     }
 
     pub fn bind(&mut self, queue: &str, exchange: &str, key: &str) {
-        let reply = self.request(|request_id| {
-            Frame::QueueBind(QueueBind {
-                request_id,
-                queue: short(queue),
-                exchange: short(exchange),
-                routing_key: short(key),
-                arguments: Table::new(),
-            })
-        });
+        let reply = self.bind_reply(queue, exchange, key);
         assert!(matches!(reply, Frame::QueueBindOk(_)), "{reply:?}");
     }
 
@@ -363,16 +346,7 @@ impl TestClient {
     }
 
     pub fn consume(&mut self, queue: &str, prefetch: u32) -> u32 {
-        let reply = self.request(|request_id| {
-            Frame::Consume(Consume {
-                request_id,
-                queue: short(queue),
-                consumer_tag: short(&format!("tag-{queue}-{request_id}")),
-                prefetch,
-                exclusive: false,
-                arguments: Table::new(),
-            })
-        });
+        let reply = self.consume_reply(queue, prefetch);
         let Frame::ConsumeOk(ok) = reply else {
             panic!("consume failed: {reply:?}")
         };
