@@ -34,7 +34,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use memmap2::Mmap;
 use tracing::{debug, error, info, warn};
@@ -59,6 +59,10 @@ pub const SEGMENT_BYTES_MIN: u64 = 4 * BLOCK_BYTES;
 const READ_WINDOW_BYTES_MIN: usize = 64 * 1024;
 /// Records per read step of [`Log::scan`]; the scan yields between steps.
 const SCAN_STEP_RECORDS: usize = 1024;
+/// Payload budget of each read compaction makes, which also sizes its window.
+const COPY_READ_BYTES: usize = 256 * 1024;
+/// Live runs closer than this many records are read as one.
+const COPY_RUN_GAP_MAX: u64 = 32;
 /// Largest `write_bytes_max`: every tail buffer is this large, and several may be in flight.
 pub const WRITE_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
 /// Largest `writes_in_flight_max`: far beyond the depth at which a disk's bandwidth stops growing.
@@ -267,6 +271,10 @@ pub struct Stats {
     pub checkpoints_count: u64,
     pub segments_rolled_count: u64,
     pub segments_deleted_count: u64,
+    /// Rolls that found no zero-filled spare ready and created their segment unfilled: its
+    /// writes are slower (see `recovery::zero_fill`). Non-zero means segments fill faster than
+    /// the disk writes a spare's zeros, or a spare failed (logged).
+    pub spare_misses_count: u64,
 }
 
 /// A sealed segment's extent and live records, from [`Log::sealed_segment_spans`].
@@ -379,6 +387,9 @@ struct State<S: Storage> {
     roll_sequence: u64,
     /// The roll that failed for lack of space, so that its waiters can report it.
     roll_no_space: Option<(u64, PathBuf, u64)>,
+    /// A zero-filled segment file for the next roll, and whether one is being prepared.
+    spare: Option<(PathBuf, S::File)>,
+    spare_preparing: bool,
     /// Largest offset end that a waiter wants fsynced; completions keep syncing up to it.
     fsync_wanted_offset: u64,
     /// A writer task is spawned and has not yet picked its range.
@@ -387,6 +398,14 @@ struct State<S: Storage> {
     write_id_next: u64,
     checkpoint: CheckpointState<S::File>,
     stats: Stats,
+}
+
+/// The part of a roll that runs after appenders are released.
+struct RollFinish {
+    owner: IndexOwner,
+    index: SegmentIndex,
+    old_path: PathBuf,
+    emptied: Option<u64>,
 }
 
 struct Shared<S: Storage> {
@@ -489,6 +508,8 @@ impl<S: Storage> Log<S> {
             rolling: false,
             roll_sequence: 0,
             roll_no_space: None,
+            spare: None,
+            spare_preparing: false,
             fsync_wanted_offset: 0,
             writer_scheduled: false,
             sync_in_flight: false,
@@ -516,6 +537,7 @@ impl<S: Storage> Log<S> {
         });
         let log = Log { shared };
         log.shared.write_checkpoint().await?;
+        log.shared.start_spare();
         if let Some(period) = options.background_period {
             let weak = Rc::downgrade(&log.shared);
             runtime::spawn_detached(background(weak, period));
@@ -566,7 +588,16 @@ impl<S: Storage> Log<S> {
     /// was not yet durable.
     pub async fn close(self) -> Result<(), StoreError> {
         self.sync().await?;
-        self.shared.write_checkpoint().await
+        self.shared.write_checkpoint().await?;
+        let spare = self.shared.state.borrow_mut().spare.take();
+        if let Some((path, file)) = spare {
+            // Only zeros; an open removes a leftover spare anyway.
+            drop(file);
+            if let Err(error) = self.shared.storage.remove_file(&path).await {
+                warn!(spare = %path.display(), %error, "spare segment not removed");
+            }
+        }
+        Ok(())
     }
 
     /// Offset the next append gets.
@@ -772,24 +803,29 @@ impl<S: Storage> Log<S> {
                 .ok_or(StoreError::SegmentNotSealed { base_offset })?;
             segment.end_offset()
         };
+        // Only the runs of live records are read: each read starts at the index entry before
+        // its run, so a mostly dead segment costs a few blocks per run, not a scan of the file.
         let mut live = Vec::new();
-        let mut cursor = base_offset;
-        let limits = ReadLimits {
-            records_max: SCAN_STEP_RECORDS,
-            bytes_max: 4 * 1024 * 1024,
-        };
-        while cursor < end_offset {
-            let records = self.read(cursor, limits, Watermark::Written).await?;
-            let Some(last) = records.last() else { break };
-            cursor = last.offset + 1;
-            let state = self.shared.state.borrow();
-            let Some(segment) = state.sealed.get(&base_offset) else {
-                break;
-            };
-            for record in records {
-                if record.offset < end_offset && !segment.live.is_dead(record.offset - base_offset)
-                {
-                    live.push(record);
+        for run in self.live_runs(base_offset, end_offset) {
+            let mut cursor = run.start;
+            while cursor < run.end {
+                // The budget sizes the read window as well: small, as runs are often short.
+                let limits = ReadLimits {
+                    records_max: ((run.end - cursor) as usize).min(SCAN_STEP_RECORDS),
+                    bytes_max: COPY_READ_BYTES,
+                };
+                let records = self.read(cursor, limits, Watermark::Written).await?;
+                let Some(last) = records.last() else { break };
+                cursor = last.offset + 1;
+                let state = self.shared.state.borrow();
+                let Some(segment) = state.sealed.get(&base_offset) else {
+                    return Ok(Vec::new());
+                };
+                for record in records {
+                    if record.offset < run.end && !segment.live.is_dead(record.offset - base_offset)
+                    {
+                        live.push(record);
+                    }
                 }
             }
         }
@@ -828,6 +864,27 @@ impl<S: Storage> Log<S> {
             self.shared.delete_segment(base_offset).await?;
         }
         Ok(moved)
+    }
+
+    /// The runs of live offsets of a sealed segment, as its live set stands now. Runs less than
+    /// [`COPY_RUN_GAP_MAX`] records apart are merged (their dead records are read and skipped),
+    /// so that scattered live records do not cost a read each.
+    fn live_runs(&self, base_offset: u64, end_offset: u64) -> Vec<Range<u64>> {
+        let state = self.shared.state.borrow();
+        let Some(segment) = state.sealed.get(&base_offset) else {
+            return Vec::new();
+        };
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        for offset in base_offset..end_offset {
+            if segment.live.is_dead(offset - base_offset) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(run) if offset - run.end < COPY_RUN_GAP_MAX => run.end = offset + 1,
+                _ => runs.push(offset..offset + 1),
+            }
+        }
+        runs
     }
 
     /// Deletes whole sealed segments from the front as the rules demand. The active segment is
@@ -1352,10 +1409,12 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    /// Seals the active segment and starts a new one. Appenders wait meanwhile. The new file is
-    /// created and preallocated first, so that a full disk fails cleanly with the old segment
-    /// still active; then the old segment is written, synced and sealed, the directory synced,
-    /// and the checkpoint moved.
+    /// Seals the active segment and starts a new one. Appenders wait until the new segment is
+    /// the active one. The new file (the zero-filled spare, renamed, or else a new preallocated
+    /// file) is started first, so that a full disk fails cleanly with the old segment still
+    /// active; then the old segment is written, synced and sealed, and the directory synced.
+    /// The index file, the checkpoint and the deletion of an emptied segment come after the
+    /// appenders are released.
     async fn roll_and_wait(self: &Rc<Self>) -> Result<(), StoreError> {
         let (sequence, start) = {
             let mut state = self.state.borrow_mut();
@@ -1399,40 +1458,119 @@ impl<S: Storage> Shared<S> {
 
     async fn roll_task(self: Rc<Self>, sequence: u64) {
         let result = self.roll_inner().await;
-        {
+        let finish = {
             let mut state = self.state.borrow_mut();
             state.rolling = false;
             match result {
-                Ok(()) => {}
+                Ok(finish) => Some(finish),
                 Err(StoreError::NoSpace {
                     path,
                     requested_bytes,
                 }) => {
                     state.roll_no_space = Some((sequence, path, requested_bytes));
+                    None
                 }
                 Err(error) => {
                     drop(state);
                     self.poison(error.to_string());
+                    None
                 }
             }
-        }
+        };
+        // Appenders go on into the new segment while the rest of the roll runs.
         self.notify_all();
+        if let Some(finish) = finish
+            && let Err(error) = self.finish_roll(finish).await
+        {
+            self.poison(error.to_string());
+            self.notify_all();
+        }
     }
 
-    async fn roll_inner(self: &Rc<Self>) -> Result<(), StoreError> {
+    /// Starts preparing a zero-filled spare segment for the next roll, unless one is ready or on
+    /// its way. It runs beside appends; a failure (a full disk, say) is logged and leaves the next
+    /// roll to create its segment unfilled.
+    fn start_spare(self: &Rc<Self>) {
+        {
+            let mut state = self.state.borrow_mut();
+            if state.spare.is_some() || state.spare_preparing || state.poisoned.is_some() {
+                return;
+            }
+            state.spare_preparing = true;
+        }
+        let weak = Rc::downgrade(self);
+        let (storage, dir, options) =
+            (self.storage.clone(), self.dir.clone(), self.options.clone());
+        runtime::spawn_detached(async move {
+            let prepared = crate::recovery::prepare_spare(&storage, &dir, &options).await;
+            // A log dropped meanwhile leaves the file for its next open to remove.
+            let Some(shared) = weak.upgrade() else { return };
+            let mut state = shared.state.borrow_mut();
+            state.spare_preparing = false;
+            match prepared {
+                Ok(spare) => state.spare = Some(spare),
+                Err(error) => warn!(dir = %dir.display(), %error, "no spare segment prepared"),
+            }
+        });
+    }
+
+    /// The new segment for a roll: the spare renamed and started, or a new file if no spare is
+    /// ready.
+    async fn next_segment(
+        self: &Rc<Self>,
+        path: &Path,
+        epoch: u32,
+        base_offset: u64,
+    ) -> Result<(S::File, u64), StoreError> {
+        let spare = self.state.borrow_mut().spare.take();
+        let created = match spare {
+            Some((spare_path, file)) => match self.storage.rename(&spare_path, path).await {
+                Ok(()) => {
+                    let created_ms = crate::recovery::start_segment(
+                        &self.storage,
+                        &file,
+                        path,
+                        epoch,
+                        base_offset,
+                    )
+                    .await?;
+                    Some((file, created_ms))
+                }
+                Err(error) => {
+                    warn!(spare = %spare_path.display(), %error, "spare segment not renamed");
+                    drop(file);
+                    let _ = self.storage.remove_file(&spare_path).await;
+                    None
+                }
+            },
+            None => None,
+        };
+        let created = match created {
+            Some(created) => created,
+            None => {
+                self.state.borrow_mut().stats.spare_misses_count += 1;
+                crate::recovery::create_started_segment(
+                    &self.storage,
+                    path,
+                    &self.options,
+                    epoch,
+                    base_offset,
+                )
+                .await?
+            }
+        };
+        self.start_spare();
+        Ok(created)
+    }
+
+    async fn roll_inner(self: &Rc<Self>) -> Result<RollFinish, StoreError> {
+        let started = Instant::now();
         let (base_offset, epoch) = {
             let state = self.state.borrow();
             (state.next_offset, state.epoch_current)
         };
         let path = self.dir.join(format::segment_file_name(base_offset));
-        let (file, created_ms) = crate::recovery::create_started_segment(
-            &self.storage,
-            &path,
-            &self.options,
-            epoch,
-            base_offset,
-        )
-        .await?;
+        let (file, created_ms) = self.next_segment(&path, epoch, base_offset).await?;
 
         self.drive(base_offset, Level::Fsynced, true).await?;
         let (old_file, old_path, seal_header) = {
@@ -1473,12 +1611,6 @@ impl<S: Storage> Shared<S> {
             seal: seal_header.seal.expect("built sealed above"),
         };
         let index = self.state.borrow().active.index.clone();
-        if let Err(error) =
-            crate::recovery::write_index(&self.storage, &self.dir, &owner, &index).await
-        {
-            // Derived data: the next open rebuilds it.
-            warn!(segment = %old_path.display(), error = %error, "index file not written");
-        }
         if let Err(error) = self.storage.sync_dir(&self.dir).await {
             let error = StoreError::io("directory fsync", &self.dir, None, error);
             self.poison(error.to_string());
@@ -1519,7 +1651,35 @@ impl<S: Storage> Shared<S> {
             state.sealed.insert(old.base_offset, old);
             emptied
         };
-        info!(segment = %path.display(), base_offset, "segment rolled");
+        info!(
+            segment = %path.display(),
+            base_offset,
+            appenders_held_us = started.elapsed().as_micros() as u64,
+            "segment rolled"
+        );
+        Ok(RollFinish {
+            owner,
+            index,
+            old_path,
+            emptied,
+        })
+    }
+
+    /// What a roll does after appenders have moved on: the sealed segment's index file (derived
+    /// data, which the next open rebuilds if it is missing), the checkpoint, and the deletion of
+    /// a sealed segment with no live record.
+    async fn finish_roll(self: &Rc<Self>, finish: RollFinish) -> Result<(), StoreError> {
+        let RollFinish {
+            owner,
+            index,
+            old_path,
+            emptied,
+        } = finish;
+        if let Err(error) =
+            crate::recovery::write_index(&self.storage, &self.dir, &owner, &index).await
+        {
+            warn!(segment = %old_path.display(), error = %error, "index file not written");
+        }
         self.write_checkpoint().await?;
         if let Some(base_offset) = emptied {
             self.delete_segment(base_offset).await?;

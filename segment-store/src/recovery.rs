@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 use crate::error::StoreError;
 use crate::format::{
     self, BLOCK_BYTES, CHECKPOINT_FILE_BYTES, CHECKPOINT_SLOT_BYTES, Checkpoint, Fault,
-    SEGMENT_HEADER_BLOCK_BYTES, SegmentHeader, align_down,
+    SEGMENT_HEADER_BLOCK_BYTES, SegmentHeader, align_down, align_up,
 };
 use crate::index_file::{self, IndexOwner};
 use crate::io::{Storage, StorageFile, WriteBuffer};
@@ -36,6 +37,9 @@ use crate::tail::Tail;
 /// Recovery reads segments in pieces of this size.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 const CHECKPOINT_FILE_NAME: &str = "checkpoint";
+/// Spare segments are named `spare-<pid>-<n>.zeroed`; an open removes any it finds.
+const SPARE_FILE_PREFIX: &str = "spare-";
+const SPARE_FILE_SUFFIX: &str = ".zeroed";
 
 /// Creates and preallocates a segment file. A full disk removes the file again and reports
 /// `NoSpace`, which does not poison the log.
@@ -65,6 +69,56 @@ pub(crate) async fn create_segment_file<S: Storage>(
     Ok(file)
 }
 
+/// Zero-fill writes go out in pieces of this size.
+const ZERO_FILL_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// Writes zeros over `[from, to)` (whole blocks) and syncs, so that the range holds written
+/// blocks instead of fallocated (unwritten) ones. A later direct write into written blocks is a
+/// plain overwrite: ext4 takes it under the shared inode lock without blocking, and its fdatasync
+/// has no extent conversion to journal. A write that covers a block already written and one still
+/// unwritten (as each rewrite of a partial tail block does) cannot go inline: io_uring hands it to
+/// a worker thread, which costs a wake-up on the shard's own core and milliseconds of tail latency.
+pub(crate) async fn zero_fill<S: Storage>(
+    storage: &S,
+    file: &S::File,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<(), StoreError> {
+    debug_assert!(from.is_multiple_of(BLOCK_BYTES) && to.is_multiple_of(BLOCK_BYTES));
+    let mut full: Option<Rc<S::Buffer>> = None;
+    let mut position = from;
+    while position < to {
+        let len = ZERO_FILL_CHUNK_BYTES.min(to - position);
+        let buffer = if len == ZERO_FILL_CHUNK_BYTES {
+            full.get_or_insert_with(|| {
+                let mut buffer = storage.alloc_buffer(ZERO_FILL_CHUNK_BYTES as usize);
+                buffer.bytes_mut().fill(0);
+                Rc::new(buffer)
+            })
+            .clone()
+        } else {
+            let mut buffer = storage.alloc_buffer(len as usize);
+            buffer.bytes_mut().fill(0);
+            Rc::new(buffer)
+        };
+        let written = file
+            .write_at(buffer, position)
+            .await
+            .map_err(|error| StoreError::io("zero-fill", path, Some(position), error))?;
+        let written = align_down(written as u64);
+        if written == 0 {
+            let error = io::Error::other("zero-fill write made no progress");
+            return Err(StoreError::io("zero-fill", path, Some(position), error));
+        }
+        // A short write is picked up again at the block it stopped in.
+        position += written;
+    }
+    file.fdatasync()
+        .await
+        .map_err(|error| StoreError::io("fdatasync", path, None, error))
+}
+
 /// Creates, preallocates and starts a segment: its header is written and synced before any record
 /// goes in. A started segment keeps the log's next offset across a crash even when every segment
 /// before it was deleted (all records dead), so offsets are never handed out twice.
@@ -76,6 +130,18 @@ pub(crate) async fn create_started_segment<S: Storage>(
     base_offset: u64,
 ) -> Result<(S::File, u64), StoreError> {
     let file = create_segment_file(storage, path, options).await?;
+    let created_ms = start_segment(storage, &file, path, epoch, base_offset).await?;
+    Ok((file, created_ms))
+}
+
+/// Writes a new segment's header and syncs it; returns its creation time.
+pub(crate) async fn start_segment<S: Storage>(
+    storage: &S,
+    file: &S::File,
+    path: &Path,
+    epoch: u32,
+    base_offset: u64,
+) -> Result<u64, StoreError> {
     let created_ms = now_ms();
     let header = SegmentHeader {
         epoch,
@@ -97,7 +163,38 @@ pub(crate) async fn create_started_segment<S: Storage>(
     file.fdatasync()
         .await
         .map_err(|error| StoreError::io("fdatasync", path, None, error))?;
-    Ok((file, created_ms))
+    Ok(created_ms)
+}
+
+/// Whether a directory entry is a spare segment (see [`prepare_spare`]).
+pub(crate) fn is_spare_file_name(name: &str) -> bool {
+    name.starts_with(SPARE_FILE_PREFIX) && name.ends_with(SPARE_FILE_SUFFIX)
+}
+
+/// Creates a zero-filled, synced segment file under a name of its own in `dir`, for a later
+/// roll to rename and start, so that no segment's records go into unwritten blocks (see
+/// [`zero_fill`]) and the roll does not wait for the zeros. The name is new for each spare: a
+/// task of a log that was dropped while preparing one can never touch another log's spare. A
+/// failure removes the file again.
+pub(crate) async fn prepare_spare<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    options: &Options,
+) -> Result<(PathBuf, S::File), StoreError> {
+    static SPARES_COUNT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "{SPARE_FILE_PREFIX}{}-{}{SPARE_FILE_SUFFIX}",
+        std::process::id(),
+        SPARES_COUNT.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.join(name);
+    let file = create_segment_file(storage, &path, options).await?;
+    if let Err(error) = zero_fill(storage, &file, &path, 0, options.segment_bytes).await {
+        drop(file);
+        let _ = storage.remove_file(&path).await;
+        return Err(error);
+    }
+    Ok((path, file))
 }
 
 struct ScanOutcome {
@@ -327,6 +424,15 @@ pub(crate) async fn recover<S: Storage>(
         .filter_map(|name| format::parse_segment_file_name(name))
         .collect();
     bases.sort_unstable();
+    for name in names.iter().filter(|name| is_spare_file_name(name)) {
+        // A spare prepared by an earlier run: zeros only, never part of the log.
+        let path = dir.join(name);
+        match storage.remove_file(&path).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(StoreError::io("remove spare", &path, None, error)),
+        }
+    }
     for name in &names {
         let orphan = name
             .strip_suffix(".idx")
@@ -540,8 +646,15 @@ pub(crate) async fn recover<S: Storage>(
                 reason,
             ));
         }
-        let dropped_bytes =
-            cut_torn_tail(&file, &path, scan.end_position, file_bytes, options).await?;
+        let dropped_bytes = cut_torn_tail(
+            storage,
+            &file,
+            &path,
+            scan.end_position,
+            file_bytes,
+            options,
+        )
+        .await?;
         if dropped_bytes > 0 {
             warn!(
                 segment = %path.display(),
@@ -637,9 +750,11 @@ pub(crate) async fn recover<S: Storage>(
 
 /// Counts the non-zero bytes after `end_position` that a crash can have left (at most the
 /// unsynced window plus one write past it), and if there are any, truncates the file at
-/// `end_position` and preallocates it again so they read as zeros from now on.
-async fn cut_torn_tail<F: StorageFile>(
-    file: &F,
+/// `end_position`, preallocates it again so they read as zeros from now on, and writes those
+/// zeros so that the blocks are written ones again (see [`zero_fill`]).
+async fn cut_torn_tail<S: Storage>(
+    storage: &S,
+    file: &S::File,
     path: &Path,
     end_position: u64,
     file_bytes: u64,
@@ -670,12 +785,19 @@ async fn cut_torn_tail<F: StorageFile>(
     file.truncate(end_position)
         .await
         .map_err(|error| StoreError::io("truncate", path, Some(end_position), error))?;
-    file.preallocate(options.segment_bytes.max(file_bytes))
+    let file_bytes = options.segment_bytes.max(file_bytes);
+    file.preallocate(file_bytes)
         .await
         .map_err(|error| StoreError::io("preallocate", path, None, error))?;
-    file.fdatasync()
-        .await
-        .map_err(|error| StoreError::io("fdatasync", path, None, error))?;
+    // Syncs as well.
+    zero_fill(
+        storage,
+        file,
+        path,
+        align_up(end_position),
+        align_down(file_bytes),
+    )
+    .await?;
     Ok(last_nonzero + 1 - end_position)
 }
 
@@ -687,8 +809,9 @@ async fn new_segment<S: Storage>(
     options: &Options,
 ) -> Result<ActiveSegment<S>, StoreError> {
     let path = dir.join(format::segment_file_name(base_offset));
-    let (file, created_ms) =
-        create_started_segment(storage, &path, options, epoch, base_offset).await?;
+    let file = create_segment_file(storage, &path, options).await?;
+    zero_fill(storage, &file, &path, 0, options.segment_bytes).await?;
+    let created_ms = start_segment(storage, &file, &path, epoch, base_offset).await?;
     storage
         .sync_dir(dir)
         .await

@@ -52,6 +52,9 @@ pub trait Storage: Clone + 'static {
     /// Opens an existing file for reading and writing.
     async fn open_file(&self, path: &Path) -> io::Result<Self::File>;
     async fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Gives a file a new name in the same directory, replacing any file there. Like a creation,
+    /// the change becomes durable with `sync_dir`.
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// A buffer of `len` bytes that `write_at` accepts. Its contents are unspecified (recycled
     /// memory): the caller writes every byte, zeros included (trap S1).

@@ -9,8 +9,9 @@
 //! - `fdatasync` covers the writes completed when it was called, never those completing later.
 //! - A crash keeps each 4 KiB block of each uncovered write (completed or still in flight) with
 //!   probability one half, applied in submission order over the durable image.
-//! - A created or removed name becomes durable with `sync_dir`; a crash keeps or undoes each
-//!   undurable name change at random.
+//! - A created, renamed or removed name becomes durable with `sync_dir`; a crash keeps or undoes
+//!   each undurable name change at random, name by name: a rename may leave both names or
+//!   neither, which is harsher than a journalling filesystem.
 //! - Not modelled: size changes by `preallocate` and `truncate` are durable at once (ext4 journals
 //!   them); a 4 KiB block is written atomically; the page cache is not modelled separately.
 
@@ -348,6 +349,17 @@ impl Storage for SimStorage {
             .remove(path)
             .map(|_| ())
             .ok_or(io::ErrorKind::NotFound.into())
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check()?;
+        let mut disk = self.disk.borrow_mut();
+        let inode = disk
+            .visible_names
+            .remove(from)
+            .ok_or(io::ErrorKind::NotFound)?;
+        disk.visible_names.insert(to.to_path_buf(), inode);
+        Ok(())
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -161,6 +161,10 @@ impl Storage for UringStorage {
         glommio::io::remove(path).await.map_err(glommio_error)
     }
 
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        glommio::io::rename(from, to).await.map_err(glommio_error)
+    }
+
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let directory = glommio::io::Directory::open(dir)
             .await
