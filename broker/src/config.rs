@@ -126,8 +126,8 @@ pub struct Config {
     pub disk_check_interval_ms: u64,
 }
 
-/// The default free-space limit. A shard that rolls its journal preallocates a whole segment
-/// (64 MiB by default), and while publishers are blocked the journals still need room: for
+/// The default free-space limit. Each shard keeps a zero-filled spare journal segment (64 MiB by
+/// default) for its next roll and writes a new one after each roll, and while publishers are blocked the journals still need room: for
 /// publishes already accepted, for the settlement records that acks write (acks are what frees
 /// space), and for compaction's copies. 1 GiB is 16 default segments, two rolls for each of 8
 /// shards; RabbitMQ's 50 MB would not hold one segment. Start-up warns when the limit is below

@@ -567,18 +567,32 @@ async fn tick_loop(shared: Rc<Shared>) {
     }
 }
 
+/// Published messages a reader hands on before it lets the shard's other tasks run, so that the
+/// journal starts writing the first of a large read while the rest is still being decoded.
+const MESSAGES_PER_YIELD: usize = 64;
+
 async fn read_loop<R: AsyncRead + Unpin>(shared: &Rc<Shared>, mut reader: R) {
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut decoder = FrameDecoder::new(shared.wire.borrow().frame_size_max());
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut messages_since_yield = 0usize;
     loop {
         loop {
             decoder.set_frame_size_max(shared.wire.borrow().frame_size_max());
             match decoder.decode(&mut buffer) {
                 Ok(Some(frame)) => {
-                    hold(shared, matches!(frame, Frame::Publish(_))).await;
+                    let published = match &frame {
+                        Frame::Publish(publish) => publish.messages.len(),
+                        _ => 0,
+                    };
+                    hold(shared, published > 0).await;
                     if !handle(shared, frame).await {
                         return;
+                    }
+                    messages_since_yield += published;
+                    if messages_since_yield >= MESSAGES_PER_YIELD {
+                        messages_since_yield = 0;
+                        futures_lite::future::yield_now().await;
                     }
                 }
                 Ok(None) => break,
