@@ -284,7 +284,8 @@ fn main() {
     // prints its figures, without fio and without writing a report. The case is `fsync always`
     // with 1 KiB records and default options unless `STORE_BENCH_ONLY_POLICY` (`os`, `always`,
     // `interval`), `STORE_BENCH_ONLY_RECORD_BYTES`, `STORE_BENCH_ONLY_WRITE_BYTES`,
-    // `STORE_BENCH_ONLY_WRITES_IN_FLIGHT` and `STORE_BENCH_ONLY_SEGMENT_BYTES` say otherwise.
+    // `STORE_BENCH_ONLY_WRITES_IN_FLIGHT`, `STORE_BENCH_ONLY_SEGMENT_BYTES` and
+    // `STORE_BENCH_ONLY_ZERO_FILL` (0 or 1) say otherwise.
     if let Some(appenders) = std::env::var("STORE_BENCH_ONLY_APPENDERS")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -308,6 +309,9 @@ fn main() {
         }
         if let Some(bytes) = env_number("STORE_BENCH_ONLY_SEGMENT_BYTES") {
             options.segment_bytes = bytes;
+        }
+        if let Some(flag) = env_number("STORE_BENCH_ONLY_ZERO_FILL") {
+            options.zero_fill_segments = flag != 0;
         }
         let result = run_case(
             &scratch.join("log"),
@@ -471,6 +475,7 @@ fn main() {
     fio_depths.dedup();
     let reference_depths = [1u32, 2];
     let mut store_mibs = Vec::new();
+    let mut unfilled_mibs = Vec::new();
     let mut store_cpu_us_per_mib = Vec::new();
     let mut store_depths = Vec::new();
     let mut fio_mibs: Vec<Vec<f64>> = vec![Vec::new(); fio_depths.len()];
@@ -494,6 +499,20 @@ fn main() {
             let mean = stats.written_bytes as f64 / stats.writes_count.max(1) as f64;
             store_block = ((mean / 4096.0).round().max(1.0) as u64) * 4096;
         }
+        // The same case with segments only preallocated: the zero-filling of spares writes every
+        // segment twice, which costs bandwidth when the disk is the limit.
+        let unfilled = run_case(
+            &scratch.join("log"),
+            Options {
+                zero_fill_segments: false,
+                ..os_options.clone()
+            },
+            16 * 1024,
+            THROUGHPUT_APPENDERS,
+            duration,
+        );
+        unfilled_mibs
+            .push(unfilled.stats.written_bytes as f64 / 1048576.0 / unfilled.elapsed.as_secs_f64());
         let seconds = duration.as_secs();
         for (index, &depth) in fio_depths.iter().enumerate() {
             let name = format!("seq-qd{depth}");
@@ -513,6 +532,7 @@ fn main() {
         }
     }
     let store_mib = median(&store_mibs);
+    let unfilled_mib = median(&unfilled_mibs);
     let fio_medians: Vec<f64> = fio_mibs.iter().map(|runs| median(runs)).collect();
     let same_depth_index = fio_depths
         .iter()
@@ -580,6 +600,9 @@ fn main() {
             "fio_commands": fio_commands,
             "ratio_vs_fio_same_size_and_depth": store_mib / fio_same_depth_mib.max(1e-9),
             "ratio_vs_fio_same_size_best_depth": store_mib / fio_best_mib.max(1e-9),
+            "store_unfilled_disk_write_mib_per_s_median": unfilled_mib,
+            "store_unfilled_disk_write_mib_per_s_runs": unfilled_mibs,
+            "ratio_unfilled_vs_fio_same_size_and_depth": unfilled_mib / fio_same_depth_mib.max(1e-9),
         },
     });
     std::fs::write(

@@ -130,6 +130,13 @@ pub struct Options {
     /// before the first read). With `false`, a sealed segment with a valid index file is trusted
     /// and damage shows at read time as `Corrupt`.
     pub verify_sealed_on_open: bool,
+    /// Write zeros over each segment before records go in: the first at creation, later ones as
+    /// spares prepared in the background while the active segment fills (see
+    /// `recovery::zero_fill`). Appends then overwrite written blocks, which ext4 takes inline and
+    /// whose fdatasync journals no extent conversion; the cost is a second write of every
+    /// segment, which halves the bandwidth left for records when the disk is the limit. With
+    /// `false`, segments are only preallocated.
+    pub zero_fill_segments: bool,
     /// NEGATIVE CONTROL FOR TESTS ONLY: report every append at the requested level as soon as it is
     /// in the tail buffer. Crash checkers must detect the resulting loss.
     #[doc(hidden)]
@@ -149,6 +156,7 @@ impl Default for Options {
             epoch_floor: 1,
             background_period: Some(Duration::from_millis(5)),
             verify_sealed_on_open: true,
+            zero_fill_segments: true,
             confirm_before_durable_for_tests: false,
         }
     }
@@ -271,9 +279,10 @@ pub struct Stats {
     pub checkpoints_count: u64,
     pub segments_rolled_count: u64,
     pub segments_deleted_count: u64,
-    /// Rolls that found no zero-filled spare ready and created their segment unfilled: its
-    /// writes are slower (see `recovery::zero_fill`). Non-zero means segments fill faster than
-    /// the disk writes a spare's zeros, or a spare failed (logged).
+    /// Rolls that found no zero-filled spare ready (under `Options::zero_fill_segments`) and
+    /// created their segment unfilled: its writes are slower (see `recovery::zero_fill`).
+    /// Non-zero means segments fill faster than the disk writes a spare's zeros, or a spare
+    /// failed (logged).
     pub spare_misses_count: u64,
 }
 
@@ -1493,7 +1502,11 @@ impl<S: Storage> Shared<S> {
     fn start_spare(self: &Rc<Self>) {
         {
             let mut state = self.state.borrow_mut();
-            if state.spare.is_some() || state.spare_preparing || state.poisoned.is_some() {
+            if !self.options.zero_fill_segments
+                || state.spare.is_some()
+                || state.spare_preparing
+                || state.poisoned.is_some()
+            {
                 return;
             }
             state.spare_preparing = true;
@@ -1548,7 +1561,9 @@ impl<S: Storage> Shared<S> {
         let created = match created {
             Some(created) => created,
             None => {
-                self.state.borrow_mut().stats.spare_misses_count += 1;
+                if self.options.zero_fill_segments {
+                    self.state.borrow_mut().stats.spare_misses_count += 1;
+                }
                 crate::recovery::create_started_segment(
                     &self.storage,
                     path,

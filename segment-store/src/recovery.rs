@@ -750,8 +750,9 @@ pub(crate) async fn recover<S: Storage>(
 
 /// Counts the non-zero bytes after `end_position` that a crash can have left (at most the
 /// unsynced window plus one write past it), and if there are any, truncates the file at
-/// `end_position`, preallocates it again so they read as zeros from now on, and writes those
-/// zeros so that the blocks are written ones again (see [`zero_fill`]).
+/// `end_position`, preallocates it again so they read as zeros from now on, and (under
+/// `Options::zero_fill_segments`) writes those zeros so that the blocks are written ones again
+/// (see [`zero_fill`]).
 async fn cut_torn_tail<S: Storage>(
     storage: &S,
     file: &S::File,
@@ -789,15 +790,21 @@ async fn cut_torn_tail<S: Storage>(
     file.preallocate(file_bytes)
         .await
         .map_err(|error| StoreError::io("preallocate", path, None, error))?;
-    // Syncs as well.
-    zero_fill(
-        storage,
-        file,
-        path,
-        align_up(end_position),
-        align_down(file_bytes),
-    )
-    .await?;
+    if options.zero_fill_segments {
+        // Syncs as well.
+        zero_fill(
+            storage,
+            file,
+            path,
+            align_up(end_position),
+            align_down(file_bytes),
+        )
+        .await?;
+    } else {
+        file.fdatasync()
+            .await
+            .map_err(|error| StoreError::io("fdatasync", path, None, error))?;
+    }
     Ok(last_nonzero + 1 - end_position)
 }
 
@@ -810,7 +817,9 @@ async fn new_segment<S: Storage>(
 ) -> Result<ActiveSegment<S>, StoreError> {
     let path = dir.join(format::segment_file_name(base_offset));
     let file = create_segment_file(storage, &path, options).await?;
-    zero_fill(storage, &file, &path, 0, options.segment_bytes).await?;
+    if options.zero_fill_segments {
+        zero_fill(storage, &file, &path, 0, options.segment_bytes).await?;
+    }
     let created_ms = start_segment(storage, &file, &path, epoch, base_offset).await?;
     storage
         .sync_dir(dir)

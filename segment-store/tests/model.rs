@@ -60,6 +60,7 @@ fn options(rng: &mut SimRng, negative_control: bool) -> Options {
         background_period: None,
         verify_sealed_on_open: rng.chance(1, 2),
         confirm_before_durable_for_tests: negative_control,
+        zero_fill_segments: rng.chance(1, 2),
         ..Options::default()
     }
 }
