@@ -1162,6 +1162,9 @@ struct Placed {
     cap: Durability,
     /// False when every target queue was deleted before the append: nothing to wait for.
     stored: bool,
+    /// True when a target queue is durable: its deliveries wait for the durable watermark, so the
+    /// append must be synced even when the publisher asked for less.
+    durable_target: bool,
     /// The envelope's publish time, for [`Stage::Stored`].
     published_at_ns: u64,
     /// Confirmed before the append (the crash tests' negative control): report nothing more.
@@ -1208,16 +1211,19 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
     let mut planned: HashMap<QueueId, u64> = HashMap::new();
     let mut targets_per_publish: Vec<Vec<Target>> = Vec::with_capacity(batch.len());
     let mut caps: Vec<Durability> = Vec::with_capacity(batch.len());
+    let mut durable_targets: Vec<bool> = Vec::with_capacity(batch.len());
     {
         let queues = core.queues.borrow();
         for publish in &batch {
             let mut targets = Vec::new();
             let mut cap = Durability::Fsynced;
+            let mut durable_target = false;
             for id in publish.envelope.archived().queue_ids().map(QueueId) {
                 let Some(owned) = queues.get(&id) else {
                     continue;
                 };
                 cap = cap.min(level_cap(owned.queue.durability()));
+                durable_target |= owned.queue.durability() == queue::Durability::Durable;
                 let next = planned
                     .entry(id)
                     .or_insert_with(|| owned.queue.next_sequence());
@@ -1229,6 +1235,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             }
             targets_per_publish.push(targets);
             caps.push(cap);
+            durable_targets.push(durable_target);
         }
     }
 
@@ -1270,7 +1277,11 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
         _ => 0,
     };
     let mut enqueued_bytes = 0u64;
-    for ((publish, targets), cap) in batch.into_iter().zip(targets_per_publish).zip(caps) {
+    let planned_targets = targets_per_publish
+        .into_iter()
+        .zip(caps)
+        .zip(durable_targets);
+    for (publish, ((targets, cap), durable_target)) in batch.into_iter().zip(planned_targets) {
         let stored = !targets.is_empty();
         if stored && let Some(Ok(_)) = &appended {
             enqueue(core, record_offset, &targets, &publish.envelope);
@@ -1285,6 +1296,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             level: publish.level.min(cap),
             cap,
             stored,
+            durable_target,
             published_at_ns: publish.envelope.archived().published_at_ns(),
             confirmed_early,
             size_bytes: publish.envelope.bytes().len() as u32,
@@ -1348,8 +1360,14 @@ async fn await_levels(core: Rc<Core>, appended: Appended, placed: Vec<Placed>) {
     levels.sort();
     levels.dedup();
     // Durable queues deliver only below the durable watermark; make sure it moves even when no
-    // publisher asked for fsynced, unless the policy never syncs.
-    if core.sync_policy != SyncPolicy::Os && !levels.contains(&Durability::Fsynced) {
+    // publisher asked for fsynced, unless the policy never syncs. Transient queues deliver at
+    // `written` and are not replayed, so an append for them alone is never synced for its own
+    // sake (a later sync covers it anyway).
+    let durable_target = placed.iter().any(|publish| publish.durable_target);
+    if durable_target
+        && core.sync_policy != SyncPolicy::Os
+        && !levels.contains(&Durability::Fsynced)
+    {
         levels.push(Durability::Fsynced);
     }
     let appended_at = std::time::Instant::now();

@@ -91,6 +91,48 @@ fn a_confirm_states_the_lowest_level_its_targets_reached() {
     assert_eq!(client.queue_counts("transient"), (3, 0));
 }
 
+/// Publishes to a transient queue are journaled but never synced on their own account: the
+/// queue delivers at `written` and is not replayed, so an fdatasync would only add a device flush
+/// in front of the next write. A publish to a durable queue is synced even when its publisher
+/// asked only for `written`, because the queue delivers below the durable watermark.
+///
+/// Catches: an fdatasync per append for transient queues (the broker did that until this test),
+/// and a durable queue's append left unsynced when nobody asked for `fsynced` (its consumer would
+/// wait forever). Cannot catch: whether the sync reaches the device (the store's crash tests).
+#[test]
+fn only_appends_for_durable_queues_are_synced() {
+    let _serial = common::serial();
+    let broker = start_broker(&scratch("sync-for-durable"), 1);
+    let mut client = TestClient::connect(shard_address(&broker, 0));
+    client.declare_queue("transient", false);
+    client.declare_queue("durable", true);
+    let syncs = |client: &mut TestClient| client.stats()["journal_fdatasyncs_count"];
+
+    let before = syncs(&mut client);
+    for round in 0..20u64 {
+        client.publish(
+            "",
+            "transient",
+            &payloads(round * 10..round * 10 + 10),
+            Durability::Written,
+        );
+        client.confirms_through(client.published_count());
+    }
+    assert_eq!(syncs(&mut client), before, "transient appends were synced");
+    assert_eq!(client.queue_counts("transient"), (200, 0));
+
+    client.publish("", "durable", &payloads(0..1), Durability::Written);
+    client.confirms_through(client.published_count());
+    let mut consumer = TestClient::connect(shard_address(&broker, 0));
+    consumer.consume("durable", 10);
+    let delivery = consumer.next_delivery();
+    assert_eq!(TestClient::payload(&delivery), payloads(0..1)[0]);
+    assert!(
+        syncs(&mut client) > before,
+        "a durable queue's append was not synced"
+    );
+}
+
 /// Makes files immutable (`chattr +i`) and clears the flag again when dropped. ext4 and xfs then
 /// refuse writes to them with EPERM, also through file descriptors opened before, which is how
 /// a journal sees a failing disk: its write completes with an error.
