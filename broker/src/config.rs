@@ -127,11 +127,11 @@ pub struct Config {
 }
 
 /// The default free-space limit. Each shard keeps a zero-filled spare journal segment (64 MiB by
-/// default) for its next roll and writes a new one after each roll, and while publishers are blocked the journals still need room: for
-/// publishes already accepted, for the settlement records that acks write (acks are what frees
-/// space), and for compaction's copies. 1 GiB is 16 default segments, two rolls for each of 8
-/// shards; RabbitMQ's 50 MB would not hold one segment. Start-up warns when the limit is below
-/// two segments per shard.
+/// default) for its next roll and writes a new one after each roll, and while publishers are
+/// blocked the journals still need room: for publishes already accepted, for the settlement
+/// records that acks write (acks are what frees space), and for compaction's copies. 1 GiB is 16
+/// default segments, two rolls for each of 8 shards; RabbitMQ's 50 MB would not hold one
+/// segment. Start-up warns when the limit is below two segments per shard.
 pub const DISK_FREE_LIMIT_BYTES_DEFAULT: u64 = 1 << 30;
 
 impl Default for Config {
