@@ -197,6 +197,8 @@ struct Shared {
     outbound: RefCell<BytesMut>,
     write_bell: (flume::Sender<()>, flume::Receiver<()>),
     closing: Cell<bool>,
+    /// Rung when `closing` is set, for a reader waiting for input.
+    close_bell: (flume::Sender<()>, flume::Receiver<()>),
     confirms: RefCell<Confirms>,
     confirm_scratch: RefCell<Vec<Confirm>>,
     next_delivery_tag: Cell<u64>,
@@ -260,8 +262,15 @@ impl Shared {
         }));
     }
 
+    /// Marks the connection closing and wakes its reader; returns whether it already was.
+    fn set_closing(&self) -> bool {
+        let was = self.closing.replace(true);
+        let _ = self.close_bell.0.try_send(());
+        was
+    }
+
     fn close(&self, code: ErrorCode, reason: &str) {
-        if self.closing.replace(true) {
+        if self.set_closing() {
             return;
         }
         self.send(Frame::Close(Close {
@@ -474,6 +483,7 @@ where
         outbound: RefCell::new(BytesMut::with_capacity(READ_CHUNK_BYTES)),
         write_bell: flume::bounded(1),
         closing: Cell::new(false),
+        close_bell: flume::bounded(1),
         confirms: RefCell::new(Confirms::new()),
         confirm_scratch: RefCell::new(Vec::new()),
         next_delivery_tag: Cell::new(1),
@@ -502,7 +512,7 @@ where
     read_loop(&shared, reader).await;
 
     // Whatever ended the reader, the connection is over: return what its consumers held.
-    shared.closing.set(true);
+    shared.set_closing();
     release(&shared).await;
     let _ = shared.write_bell.0.try_send(());
     writer_task.await;
@@ -521,7 +531,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Rc<Shared>, mut writer: W) {
         };
         if pending {
             if writer.write_all(&spare).await.is_err() {
-                shared.closing.set(true);
+                shared.set_closing();
                 shared.resume();
                 return;
             }
@@ -554,12 +564,12 @@ async fn tick_loop(shared: Rc<Shared>) {
             Tick::Expired(error) => {
                 debug!(%error, "connection expired");
                 shared.close(error.code(), &error.to_string());
-                shared.closing.set(true);
+                shared.set_closing();
                 let _ = shared.write_bell.0.try_send(());
                 return;
             }
             Tick::CloseSocket => {
-                shared.closing.set(true);
+                shared.set_closing();
                 let _ = shared.write_bell.0.try_send(());
                 return;
             }
@@ -607,10 +617,12 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Rc<Shared>, mut reader: R) {
         if shared.closing.get() && shared.wire.borrow().state() == ruuster_wire::State::Closed {
             return;
         }
+        // The ticker may close the connection (a timeout) while the reader waits: stop waiting
+        // then. A bell rather than a timer: a timer armed and cancelled around every read costs
+        // two io_uring operations per read.
         let read = futures_lite::future::or(async { reader.read(&mut chunk).await.ok() }, async {
-            // The ticker closed the connection (timeout): stop waiting for input.
-            while !shared.closing.get() {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+            if !shared.closing.get() {
+                let _ = shared.close_bell.1.recv_async().await;
             }
             None
         })
@@ -717,7 +729,7 @@ async fn handle(shared: &Rc<Shared>, frame: Frame) -> bool {
         Frame::Heartbeat(_) => {}
         Frame::Close(_) => {
             shared.send(Frame::CloseOk(CloseOk));
-            shared.closing.set(true);
+            shared.set_closing();
             return false;
         }
         Frame::CloseOk(_) => return false,

@@ -249,8 +249,9 @@ fn framing_errors_close_only_the_offending_connection_with_their_codes() {
 /// (107), the loopback-only guest from a non-loopback address (202 in `Close`, while a user allowed
 /// remotely connects from there), a client silent past the handshake timeout (105) and one
 /// silent past two heartbeat intervals after it (106). Each gets `Close` with its code and a
-/// closed socket; the broker keeps serving. Catches: a panic, a wrong code, a refused client
-/// left connected, a timeout that never fires. Cannot catch: timing errors smaller than the
+/// closed socket; the broker keeps serving, and none of them stays open inside it. Catches: a
+/// panic, a wrong code, a refused client left connected, a timeout that never fires, a reader
+/// left waiting for input after the timeout closed its connection. Cannot catch: timing errors smaller than the
 /// timeouts themselves. The non-loopback case needs a non-loopback address on this host; without
 /// one it prints a note and skips that case.
 #[test]
@@ -345,6 +346,19 @@ fn handshake_refusals_and_silent_clients_get_their_codes_and_a_closed_socket() {
     raw.expect_close(ErrorCode::MISSED_HEARTBEATS);
     raw.send(&Frame::CloseOk(CloseOk));
     raw.expect_closed_socket();
+
+    // Every refused or expired connection is gone from the broker, including the one whose
+    // client still holds its socket open after the handshake timeout: its reader was waiting
+    // for input when the timeout closed the connection.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = bystander.stats()["connections_count"];
+        if open == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} connections still open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     round_trip_on(&mut bystander);
     round_trip(address);
