@@ -44,6 +44,7 @@ use crate::runtime::{
     CONSUMERS_PER_CONNECTION_MAX, ConnectionSink, Core, Query, QueryReply, Settle, ShardMessage,
     consumer_id, now_ns,
 };
+use crate::stages::Stage;
 use crate::users::Users;
 
 /// Bytes read from the socket per read call; frames larger than this are read in several.
@@ -195,6 +196,8 @@ struct Shared {
     peer: SocketAddr,
     wire: RefCell<ruuster_wire::Connection>,
     outbound: RefCell<BytesMut>,
+    /// When the oldest frame in `outbound` was queued, for [`Stage::Send`].
+    outbound_since: Cell<Option<Instant>>,
     write_bell: (flume::Sender<()>, flume::Receiver<()>),
     closing: Cell<bool>,
     /// Rung when `closing` is set, for a reader waiting for input.
@@ -244,6 +247,9 @@ impl Shared {
             return;
         }
         drop(outbound);
+        if self.outbound_since.get().is_none() {
+            self.outbound_since.set(Some(Instant::now()));
+        }
         let _ = self.write_bell.0.try_send(());
     }
 
@@ -481,6 +487,7 @@ where
             settings.handshake_timeout,
         )),
         outbound: RefCell::new(BytesMut::with_capacity(READ_CHUNK_BYTES)),
+        outbound_since: Cell::new(None),
         write_bell: flume::bounded(1),
         closing: Cell::new(false),
         close_bell: flume::bounded(1),
@@ -529,6 +536,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Rc<Shared>, mut writer: W) {
             std::mem::swap(&mut *outbound, &mut spare);
             !spare.is_empty()
         };
+        let queued_at = shared.outbound_since.take();
         if pending {
             if writer.write_all(&spare).await.is_err() {
                 shared.set_closing();
@@ -536,6 +544,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Rc<Shared>, mut writer: W) {
                 return;
             }
             spare.clear();
+            if let Some(queued_at) = queued_at {
+                shared
+                    .core
+                    .stages
+                    .record_duration(Stage::Send, queued_at.elapsed());
+            }
             shared.resume();
             continue;
         }

@@ -47,10 +47,14 @@ pub enum Stage {
     Deliver,
     /// One settlement record appended by the settler (acks, rejects, purges).
     Settle,
+    /// From the first frame queued on a connection with nothing waiting to be sent to the end
+    /// of the socket write that carried it: the broker's share of the way back to a client (a
+    /// confirm, a delivery, a reply), on the connection's shard.
+    Send,
 }
 
 impl Stage {
-    const ALL: [Stage; 7] = [
+    const ALL: [Stage; 8] = [
         Stage::Append,
         Stage::AppendBatchRecords,
         Stage::Written,
@@ -58,6 +62,7 @@ impl Stage {
         Stage::Stored,
         Stage::Deliver,
         Stage::Settle,
+        Stage::Send,
     ];
 
     fn name(self) -> &'static str {
@@ -69,6 +74,7 @@ impl Stage {
             Stage::Stored => "stored",
             Stage::Deliver => "deliver",
             Stage::Settle => "settle",
+            Stage::Send => "send",
         }
     }
 

@@ -388,6 +388,8 @@ async fn owner_shard_connections_and_topic_routing_with_returns() {
     assert!(stage_count("append") >= 1, "{stats:?}");
     assert!(stage_count("written") >= 1, "{stats:?}");
     assert_eq!(stage_count("deliver"), 3, "{stats:?}");
+    // Every reply, confirm and delivery left through a socket write that the send stage timed.
+    assert!(stage_count("send") >= 3, "{stats:?}");
     within("close", control.close()).await.unwrap();
 }
 
