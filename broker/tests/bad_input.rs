@@ -251,9 +251,9 @@ fn framing_errors_close_only_the_offending_connection_with_their_codes() {
 /// silent past two heartbeat intervals after it (106). Each gets `Close` with its code and a
 /// closed socket; the broker keeps serving, and none of them stays open inside it. Catches: a
 /// panic, a wrong code, a refused client left connected, a timeout that never fires, a reader
-/// left waiting for input after the timeout closed its connection. Cannot catch: timing errors smaller than the
-/// timeouts themselves. The non-loopback case needs a non-loopback address on this host; without
-/// one it prints a note and skips that case.
+/// left waiting for input after the timeout closed its connection. Cannot catch: timing errors
+/// smaller than the timeouts themselves. The non-loopback case needs a non-loopback address on
+/// this host; without one it prints a note and skips that case.
 #[test]
 fn handshake_refusals_and_silent_clients_get_their_codes_and_a_closed_socket() {
     let _serial = common::serial();

@@ -134,8 +134,8 @@ pub struct Options {
     /// spares prepared in the background while the active segment fills (see
     /// `recovery::zero_fill`). Appends then overwrite written blocks, which ext4 takes inline and
     /// whose fdatasync journals no extent conversion; the cost is a second write of every
-    /// segment, which halves the bandwidth left for records when the disk is the limit. With
-    /// `false`, segments are only preallocated.
+    /// segment, which takes bandwidth from records when the disk is the limit (the segment-store
+    /// README has the figures). With `false`, segments are only preallocated.
     pub zero_fill_segments: bool,
     /// NEGATIVE CONTROL FOR TESTS ONLY: report every append at the requested level as soon as it is
     /// in the tail buffer. Crash checkers must detect the resulting loss.

@@ -69,27 +69,12 @@ pub(crate) async fn create_segment_file<S: Storage>(
     Ok(file)
 }
 
-/// How [`zero_fill`] shares the device with the log's own writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ZeroFillPace {
-    /// Nothing else waits on the device (an open): 1 MiB writes.
-    Full,
-    /// A spare beside a live log: 128 KiB writes, one at a time, so that an append's write
-    /// queues behind at most one short zero write rather than a 1 MiB one. (A pause after each
-    /// write, with a glommio timer, spread the zeros out further, but a process killed during
-    /// that pause on a shut-down ext4 kept the file system busy for over a minute: the
-    /// power-loss test's unmount then failed in 3 of 5 runs.)
-    Background,
-}
+/// Zero writes at an open or a torn-tail cut, where nothing else waits on the device.
+const ZERO_FILL_CHUNK_BYTES: u64 = 1024 * 1024;
 
-impl ZeroFillPace {
-    fn chunk_bytes(self) -> u64 {
-        match self {
-            ZeroFillPace::Full => 1024 * 1024,
-            ZeroFillPace::Background => 128 * 1024,
-        }
-    }
-}
+/// Zero writes of a spare beside a live log, one at a time: an append's write queues behind at
+/// most one of them.
+const SPARE_ZERO_FILL_CHUNK_BYTES: u64 = 128 * 1024;
 
 /// Writes zeros over `[from, to)` (whole blocks) and syncs, so that the range holds written
 /// blocks instead of fallocated (unwritten) ones. A later direct write into written blocks is a
@@ -103,10 +88,9 @@ pub(crate) async fn zero_fill<S: Storage>(
     path: &Path,
     from: u64,
     to: u64,
-    pace: ZeroFillPace,
+    chunk_bytes: u64,
 ) -> Result<(), StoreError> {
     debug_assert!(from.is_multiple_of(BLOCK_BYTES) && to.is_multiple_of(BLOCK_BYTES));
-    let chunk_bytes = pace.chunk_bytes();
     let mut full: Option<Rc<S::Buffer>> = None;
     let mut position = from;
     while position < to {
@@ -210,8 +194,8 @@ pub(crate) async fn prepare_spare<S: Storage>(
     );
     let path = dir.join(name);
     let file = create_segment_file(storage, &path, options).await?;
-    let (end, pace) = (options.segment_bytes, ZeroFillPace::Background);
-    if let Err(error) = zero_fill(storage, &file, &path, 0, end, pace).await {
+    let (end, chunk_bytes) = (options.segment_bytes, SPARE_ZERO_FILL_CHUNK_BYTES);
+    if let Err(error) = zero_fill(storage, &file, &path, 0, end, chunk_bytes).await {
         drop(file);
         let _ = storage.remove_file(&path).await;
         return Err(error);
@@ -820,7 +804,7 @@ async fn cut_torn_tail<S: Storage>(
             path,
             align_up(end_position),
             align_down(file_bytes),
-            ZeroFillPace::Full,
+            ZERO_FILL_CHUNK_BYTES,
         )
         .await?;
     } else {
@@ -841,8 +825,8 @@ async fn new_segment<S: Storage>(
     let path = dir.join(format::segment_file_name(base_offset));
     let file = create_segment_file(storage, &path, options).await?;
     if options.zero_fill_segments {
-        let pace = ZeroFillPace::Full;
-        zero_fill(storage, &file, &path, 0, options.segment_bytes, pace).await?;
+        let (end, chunk_bytes) = (options.segment_bytes, ZERO_FILL_CHUNK_BYTES);
+        zero_fill(storage, &file, &path, 0, end, chunk_bytes).await?;
     }
     let created_ms = start_segment(storage, &file, &path, epoch, base_offset).await?;
     storage

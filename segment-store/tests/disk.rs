@@ -532,8 +532,7 @@ fn damaged_index_files_are_rebuilt_and_never_stop_an_open() {
     );
 }
 
-/// How many extents `filefrag -v` flags unwritten in `filefrag -v` output for `path`, or `None` without
-/// filefrag.
+/// How many extents of `path` `filefrag -v` flags unwritten, or `None` without filefrag.
 fn unwritten_extents_count(path: &std::path::Path) -> Option<usize> {
     let output = std::process::Command::new("filefrag")
         .arg("-v")
