@@ -1162,9 +1162,6 @@ struct Placed {
     cap: Durability,
     /// False when every target queue was deleted before the append: nothing to wait for.
     stored: bool,
-    /// True when a target queue is durable: its deliveries wait for the durable watermark, so the
-    /// append must be synced even when the publisher asked for less.
-    durable_target: bool,
     /// The envelope's publish time, for [`Stage::Stored`].
     published_at_ns: u64,
     /// Confirmed before the append (the crash tests' negative control): report nothing more.
@@ -1211,13 +1208,14 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
     let mut planned: HashMap<QueueId, u64> = HashMap::new();
     let mut targets_per_publish: Vec<Vec<Target>> = Vec::with_capacity(batch.len());
     let mut caps: Vec<Durability> = Vec::with_capacity(batch.len());
-    let mut durable_targets: Vec<bool> = Vec::with_capacity(batch.len());
+    // A durable target delivers below the durable watermark, so the append must be synced even
+    // when no publisher asked for it.
+    let mut durable_target = false;
     {
         let queues = core.queues.borrow();
         for publish in &batch {
             let mut targets = Vec::new();
             let mut cap = Durability::Fsynced;
-            let mut durable_target = false;
             for id in publish.envelope.archived().queue_ids().map(QueueId) {
                 let Some(owned) = queues.get(&id) else {
                     continue;
@@ -1235,7 +1233,6 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             }
             targets_per_publish.push(targets);
             caps.push(cap);
-            durable_targets.push(durable_target);
         }
     }
 
@@ -1277,11 +1274,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
         _ => 0,
     };
     let mut enqueued_bytes = 0u64;
-    let planned_targets = targets_per_publish
-        .into_iter()
-        .zip(caps)
-        .zip(durable_targets);
-    for (publish, ((targets, cap), durable_target)) in batch.into_iter().zip(planned_targets) {
+    for ((publish, targets), cap) in batch.into_iter().zip(targets_per_publish).zip(caps) {
         let stored = !targets.is_empty();
         if stored && let Some(Ok(_)) = &appended {
             enqueue(core, record_offset, &targets, &publish.envelope);
@@ -1296,7 +1289,6 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
             level: publish.level.min(cap),
             cap,
             stored,
-            durable_target,
             published_at_ns: publish.envelope.archived().published_at_ns(),
             confirmed_early,
             size_bytes: publish.envelope.bytes().len() as u32,
@@ -1318,8 +1310,7 @@ async fn append_batch(core: &Rc<Core>, batch: Vec<PendingPublish>, payloads: &mu
         }
         Some(Ok(appended)) => {
             let core = core.clone();
-            glommio::spawn_local(async move { await_levels(core, appended, placed).await })
-                .detach();
+            glommio::spawn_local(await_levels(core, appended, placed, durable_target)).detach();
         }
     }
 }
@@ -1355,19 +1346,15 @@ fn enqueue(core: &Rc<Core>, offset: u64, targets: &[Target], envelope: &StoredEn
 
 /// Waits for each requested level in turn, lowest first, confirming the publishes that asked
 /// for it as soon as it is reached.
-async fn await_levels(core: Rc<Core>, appended: Appended, placed: Vec<Placed>) {
+async fn await_levels(core: Rc<Core>, appended: Appended, placed: Vec<Placed>, sync: bool) {
     let mut levels: Vec<Durability> = placed.iter().map(|p| p.level).collect();
     levels.sort();
     levels.dedup();
-    // Durable queues deliver only below the durable watermark; make sure it moves even when no
-    // publisher asked for fsynced, unless the policy never syncs. Transient queues deliver at
-    // `written` and are not replayed, so an append for them alone is never synced for its own
-    // sake (a later sync covers it anyway).
-    let durable_target = placed.iter().any(|publish| publish.durable_target);
-    if durable_target
-        && core.sync_policy != SyncPolicy::Os
-        && !levels.contains(&Durability::Fsynced)
-    {
+    // Durable queues deliver only below the durable watermark; `sync` (the batch has a durable
+    // target) makes sure it moves even when no publisher asked for fsynced, unless the policy
+    // never syncs. Transient queues deliver at `written` and are not replayed, so an append for
+    // them alone is never synced for its own sake (a later sync covers it anyway).
+    if sync && core.sync_policy != SyncPolicy::Os && !levels.contains(&Durability::Fsynced) {
         levels.push(Durability::Fsynced);
     }
     let appended_at = std::time::Instant::now();
