@@ -9,10 +9,19 @@
 //! rewrite it without touching a record. Records follow back to back from byte
 //! [`SEGMENT_HEADER_BLOCK_BYTES`]; after the last record the file is zero.
 //!
+//! In a segment of version [`SEGMENT_VERSION`] records may also stop short of a block boundary
+//! and go on at the boundary, with zeros between: the writer pads a partial block and starts the
+//! next write in a fresh block, so that the two writes share no block and can be in flight
+//! together. The gap is at least [`RECORD_HEADER_BYTES`] long, so it begins with an all-zero
+//! header, which no record has; a reader that meets one before a boundary steps to the boundary
+//! and expects the same record there. In a segment of version [`SEGMENT_VERSION_GAPLESS`] records
+//! follow back to back without gaps; both are read, and a gapless segment stays gapless when a
+//! later run appends to it.
+//!
 //! | Offset | Size | Field                                                       |
 //! |-------:|-----:|-------------------------------------------------------------|
 //! |      0 |    8 | magic `RUUSTSEG`                                            |
-//! |      8 |    4 | format version ([`FORMAT_VERSION`])                         |
+//! |      8 |    4 | segment format version (below)                              |
 //! |     12 |    4 | epoch: every record in the file carries the same value      |
 //! |     16 |    8 | base offset: offset of the first record                     |
 //! |     24 |    8 | creation time, ms since the Unix epoch                      |
@@ -56,8 +65,14 @@
 //! |     40 |    8 | byte position of the durable offset in that segment         |
 //! |     48 |    4 | CRC32 of bytes 0..48                                        |
 
-/// Version written into every segment header and checkpoint; readers refuse any other.
+/// Version written into every checkpoint and index file; readers refuse any other.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Version of new segments: records may skip to a block boundary.
+pub const SEGMENT_VERSION: u32 = 2;
+
+/// Version of segments whose records follow back to back; read and appended to as such.
+pub const SEGMENT_VERSION_GAPLESS: u32 = 1;
 
 /// Direct I/O unit. ext4 serialises and zero-fills direct writes smaller than its 4 KiB block even
 /// though the device reports 512-byte logical sectors (trap S2), so every write is 4 KiB aligned.
@@ -119,6 +134,8 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 /// Decoded segment header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// [`SEGMENT_VERSION`] or [`SEGMENT_VERSION_GAPLESS`].
+    pub version: u32,
     pub epoch: u32,
     pub base_offset: u64,
     pub created_ms: u64,
@@ -180,6 +197,7 @@ pub fn encode_segment_header(header: &SegmentHeader, target: &mut [u8]) {
         header.epoch >= 1,
         "epochs start at 1 so that zeros never validate"
     );
+    assert!(header.version == SEGMENT_VERSION || header.version == SEGMENT_VERSION_GAPLESS);
     let seal = header.seal.unwrap_or(Seal {
         record_count: 0,
         end_position: 0,
@@ -187,7 +205,7 @@ pub fn encode_segment_header(header: &SegmentHeader, target: &mut [u8]) {
     });
     target[..SEGMENT_HEADER_BYTES].fill(0);
     target[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    target[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    target[8..12].copy_from_slice(&header.version.to_le_bytes());
     target[12..16].copy_from_slice(&header.epoch.to_le_bytes());
     target[16..24].copy_from_slice(&header.base_offset.to_le_bytes());
     target[24..32].copy_from_slice(&header.created_ms.to_le_bytes());
@@ -215,7 +233,7 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Fault> {
         return Err(Fault::BadCrc);
     }
     let version = u32_at(bytes, 8);
-    if version != FORMAT_VERSION {
+    if version != SEGMENT_VERSION && version != SEGMENT_VERSION_GAPLESS {
         return Err(Fault::BadVersion(version));
     }
     let epoch = u32_at(bytes, 12);
@@ -234,6 +252,7 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Fault> {
         return Err(Fault::BadField);
     }
     Ok(SegmentHeader {
+        version,
         epoch,
         base_offset: u64_at(bytes, 16),
         created_ms: u64_at(bytes, 24),
@@ -480,6 +499,7 @@ mod tests {
     fn segment_headers_round_trip_sealed_and_unsealed() {
         let mut block = vec![0u8; SEGMENT_HEADER_BLOCK_BYTES as usize];
         let open = SegmentHeader {
+            version: SEGMENT_VERSION,
             epoch: 2,
             base_offset: 99,
             created_ms: 5,
@@ -498,8 +518,19 @@ mod tests {
         };
         encode_segment_header(&sealed, &mut block);
         assert_eq!(decode_segment_header(&block), Ok(sealed));
+        let gapless = SegmentHeader {
+            version: SEGMENT_VERSION_GAPLESS,
+            ..sealed
+        };
+        encode_segment_header(&gapless, &mut block);
+        assert_eq!(decode_segment_header(&block), Ok(gapless));
         block[20] ^= 1;
         assert_eq!(decode_segment_header(&block), Err(Fault::BadCrc));
+        block[20] ^= 1;
+        block[8] = 3;
+        let crc = crc32fast::hash(&block[0..64]);
+        block[64..68].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_segment_header(&block), Err(Fault::BadVersion(3)));
     }
 
     #[test]

@@ -10,9 +10,12 @@
 //! buffer is shared and never modified (trap S3). A new write may not start in a block that a
 //! write in flight still covers, which keeps one write per block. Full buffers, and the whole
 //! blocks of the one being filled, are written while earlier writes are still in flight (up to
-//! `writes_in_flight_max`), so appenders refill the tail while the device works; writes complete in
-//! any order, and the written watermark is the contiguous prefix of completed writes, counted in
-//! whole batches.
+//! `writes_in_flight_max`), so appenders refill the tail while the device works. A write that ends
+//! in a partial block either leaves the rest of the block as a gap of zeros, so the next write
+//! starts in a fresh block and need not wait, or (for a short write, where the gap would waste
+//! most of it) carries the block into the next write; `crate::format` says how readers tell a gap
+//! from the end. Writes complete in any order, and the written watermark is the contiguous
+//! prefix of completed writes, counted in whole batches.
 //!
 //! An fdatasync starts only when no other is in flight and covers the written watermark taken
 //! when it starts (trap S4). Appenders that arrive while it runs are covered by the next one: that
@@ -284,6 +287,9 @@ pub struct Stats {
     /// Non-zero means segments fill faster than the disk writes a spare's zeros, or a spare
     /// failed (logged).
     pub spare_misses_count: u64,
+    /// Writes that left the rest of their last block as a gap so that the next write could start
+    /// at once (see `crate::tail`).
+    pub pad_skips_count: u64,
 }
 
 /// A sealed segment's extent and live records, from [`Log::sealed_segment_spans`].
@@ -352,6 +358,8 @@ impl Notify {
 
 pub(crate) struct Segment<F> {
     pub base_offset: u64,
+    /// Segment format version ([`format::SEGMENT_VERSION`] for every segment this code creates).
+    pub version: u32,
     pub epoch: u32,
     pub path: PathBuf,
     pub file: Rc<F>,
@@ -1231,6 +1239,7 @@ impl<S: Storage> Shared<S> {
             })?;
         state.write_id_next += 1;
         state.stats.writes_in_flight_sum += state.tail.writes_in_flight() as u64;
+        state.stats.pad_skips_count += u64::from(chunk.skips_pad);
         Some(WriteJob {
             file: state.active.file.clone(),
             path: state.active.path.clone(),
@@ -1592,12 +1601,13 @@ impl<S: Storage> Shared<S> {
             let state = self.state.borrow();
             let active = &state.active;
             let header = SegmentHeader {
+                version: active.version,
                 epoch: active.epoch,
                 base_offset: active.base_offset,
                 created_ms: active.created_ms,
                 seal: Some(Seal {
                     record_count: active.record_count,
-                    end_position: state.tail.end_position(),
+                    end_position: active.end_position,
                     timestamp_ms_max: active.timestamp_ms_max,
                 }),
             };
@@ -1639,10 +1649,10 @@ impl<S: Storage> Shared<S> {
             let chunk = self
                 .storage
                 .alloc_buffer(self.options.write_bytes_max as usize);
-            let new_tail = Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, &[], chunk);
-            let old_tail = std::mem::replace(&mut state.tail, new_tail);
+            state.tail = Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, &[], chunk, true);
             let new_active = Segment {
                 base_offset,
+                version: format::SEGMENT_VERSION,
                 epoch,
                 path: path.clone(),
                 file: Rc::new(file),
@@ -1654,8 +1664,9 @@ impl<S: Storage> Shared<S> {
                 live: LiveSet::default(),
                 map: None,
             };
+            // Its end position is the end of its last record, which a skipped pad may leave
+            // short of where its tail ended.
             let mut old = std::mem::replace(&mut state.active, new_active);
-            old.end_position = old_tail.end_position();
             old.map = old
                 .file
                 .raw_fd()

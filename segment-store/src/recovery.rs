@@ -149,6 +149,7 @@ pub(crate) async fn start_segment<S: Storage>(
 ) -> Result<u64, StoreError> {
     let created_ms = now_ms();
     let header = SegmentHeader {
+        version: format::SEGMENT_VERSION,
         epoch,
         base_offset,
         created_ms,
@@ -569,6 +570,7 @@ pub(crate) async fn recover<S: Storage>(
                     base_offset,
                     Segment {
                         base_offset,
+                        version: header.version,
                         epoch: header.epoch,
                         path,
                         file: Rc::new(file),
@@ -613,6 +615,7 @@ pub(crate) async fn recover<S: Storage>(
                 base_offset,
                 Segment {
                     base_offset,
+                    version: header.version,
                     epoch: header.epoch,
                     path,
                     file: Rc::new(file),
@@ -686,11 +689,13 @@ pub(crate) async fn recover<S: Storage>(
             ));
         }
         let chunk = storage.alloc_buffer(options.write_bytes_max as usize);
-        let tail = Tail::resume(scan.end_position, &partial, chunk);
+        let skips_padding = header.version == format::SEGMENT_VERSION;
+        let tail = Tail::resume(scan.end_position, &partial, chunk, skips_padding);
         report.records_count += scan.next_offset - base_offset;
         next_offset = scan.next_offset;
         let segment = Segment {
             base_offset,
+            version: header.version,
             epoch: header.epoch,
             path,
             file: Rc::new(file),
@@ -836,6 +841,7 @@ async fn new_segment<S: Storage>(
     info!(segment = %path.display(), base_offset, epoch, "segment created");
     let segment = Segment {
         base_offset,
+        version: format::SEGMENT_VERSION,
         epoch,
         path,
         file: Rc::new(file),
@@ -853,6 +859,7 @@ async fn new_segment<S: Storage>(
             SEGMENT_HEADER_BLOCK_BYTES,
             &[],
             storage.alloc_buffer(options.write_bytes_max as usize),
+            true,
         ),
     ))
 }
@@ -974,6 +981,7 @@ mod tests {
         let storage = build();
         let first = bases(&storage)[0];
         let header = SegmentHeader {
+            version: format::SEGMENT_VERSION,
             epoch: 1,
             base_offset: first,
             created_ms: 0,

@@ -4,7 +4,7 @@
 //! Indexes are derived data. They are built while appending and rebuilt by scanning on open, so a
 //! wrong index can cost a longer read, never a refused log.
 
-use crate::format::{self, Expect, Fault, RECORD_HEADER_BYTES, RecordHeader};
+use crate::format::{self, Expect, Fault, RECORD_HEADER_BYTES, RecordHeader, align_up};
 
 /// A sparse offset index entry is added at most once per this many bytes of records.
 pub const INDEX_EVERY_BYTES: u64 = 4096;
@@ -123,6 +123,15 @@ pub struct Scanned {
     pub position: u64,
 }
 
+/// What a window holds at one place.
+enum Frame {
+    /// A whole, valid record of this many bytes.
+    Valid(RecordHeader, usize),
+    /// The window must reach this many bytes from its start to tell.
+    Needs(usize),
+    Bad(Fault),
+}
+
 /// Incremental record parser over a byte window of a segment. The caller feeds the bytes from
 /// `position()` onwards; the scanner never asks for more than one frame beyond what it has.
 #[derive(Debug)]
@@ -160,37 +169,74 @@ impl Scanner {
     /// Parses records from `window`, which starts at `position()`. Stops at the first fault or
     /// when the window holds no whole frame. Returns how many bytes the next frame needs when the
     /// window was too short for it (`None` after a fault or when nothing is missing).
+    ///
+    /// Where an all-zero record header stands at least [`RECORD_HEADER_BYTES`] before a block
+    /// boundary and zeros run up to it, the writer may have skipped the rest of the block (see
+    /// `crate::format`): the next record is looked for at the boundary. The gap is taken only
+    /// together with a valid record after it, so at the end of the data the position stays at the
+    /// end of the last record.
     pub fn feed(&mut self, window: &[u8], mut visit: impl FnMut(&Scanned, &[u8])) -> Option<usize> {
         let mut consumed = 0usize;
         loop {
             let rest = &window[consumed..];
-            match format::peek_record(rest, &self.expect) {
-                Err(Fault::Short) => return Some(RECORD_HEADER_BYTES),
-                Err(fault) => {
-                    self.fault = Some(fault);
-                    return None;
-                }
-                Ok(peeked) => {
-                    let frame = RECORD_HEADER_BYTES + peeked.payload_bytes as usize;
-                    if rest.len() < frame {
-                        return Some(frame);
+            let (gap, header, frame_bytes) = match self.frame_at(rest, 0) {
+                Frame::Valid(header, frame_bytes) => (0, header, frame_bytes),
+                Frame::Needs(bytes) => return Some(bytes),
+                Frame::Bad(Fault::Zero) => {
+                    let gap = (align_up(self.position) - self.position) as usize;
+                    if gap < RECORD_HEADER_BYTES {
+                        self.fault = Some(Fault::Zero);
+                        return None;
                     }
-                    match format::decode_record(rest, &self.expect) {
-                        Ok(header) => {
-                            let scanned = Scanned {
-                                header,
-                                position: self.position,
-                            };
-                            visit(&scanned, &rest[RECORD_HEADER_BYTES..frame]);
-                            self.position += frame as u64;
-                            self.expect.offset += 1;
-                            consumed += frame;
-                        }
-                        Err(fault) => {
-                            self.fault = Some(fault);
+                    if rest.len() < gap {
+                        return Some(gap + RECORD_HEADER_BYTES);
+                    }
+                    if rest[..gap].iter().any(|&byte| byte != 0) {
+                        self.fault = Some(Fault::Zero);
+                        return None;
+                    }
+                    match self.frame_at(rest, gap) {
+                        Frame::Valid(header, frame_bytes) => (gap, header, frame_bytes),
+                        Frame::Needs(bytes) => return Some(bytes),
+                        // Zeros past the boundary as well, or bytes that do not follow on: the
+                        // records end before the gap.
+                        Frame::Bad(_) => {
+                            self.fault = Some(Fault::Zero);
                             return None;
                         }
                     }
+                }
+                Frame::Bad(fault) => {
+                    self.fault = Some(fault);
+                    return None;
+                }
+            };
+            let start = gap + RECORD_HEADER_BYTES;
+            let scanned = Scanned {
+                header,
+                position: self.position + gap as u64,
+            };
+            visit(&scanned, &rest[start..gap + frame_bytes]);
+            self.position += (gap + frame_bytes) as u64;
+            self.expect.offset += 1;
+            consumed += gap + frame_bytes;
+        }
+    }
+
+    /// The expected record `at` bytes into `rest`.
+    fn frame_at(&self, rest: &[u8], at: usize) -> Frame {
+        let bytes = &rest[at..];
+        match format::peek_record(bytes, &self.expect) {
+            Err(Fault::Short) => Frame::Needs(at + RECORD_HEADER_BYTES),
+            Err(fault) => Frame::Bad(fault),
+            Ok(peeked) => {
+                let frame_bytes = RECORD_HEADER_BYTES + peeked.payload_bytes as usize;
+                if bytes.len() < frame_bytes {
+                    return Frame::Needs(at + frame_bytes);
+                }
+                match format::decode_record(bytes, &self.expect) {
+                    Ok(header) => Frame::Valid(header, frame_bytes),
+                    Err(fault) => Frame::Bad(fault),
                 }
             }
         }
@@ -207,7 +253,9 @@ impl Scanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::encode_record;
+    use crate::format::{BLOCK_BYTES, encode_record};
+
+    const BLOCK: usize = BLOCK_BYTES as usize;
 
     fn records(first_offset: u64, count: u64, payload_bytes: usize) -> Vec<u8> {
         let mut bytes = Vec::new();
@@ -245,9 +293,18 @@ mod tests {
         let mut bytes = records(0, 3, 10);
         bytes.extend_from_slice(&[0; 64]);
         let mut scanner = Scanner::new(0, 1, 1024, 0);
+        // Zeros before a block boundary may be a skipped pad: it asks for the boundary.
+        assert_eq!(scanner.feed(&bytes, |_, _| {}), Some(BLOCK - 126 + 32));
+        bytes.resize(2 * BLOCK, 0);
+        let mut scanner = Scanner::new(0, 1, 1024, 0);
         assert_eq!(scanner.feed(&bytes, |_, _| {}), None);
         assert_eq!(scanner.fault(), Some(Fault::Zero));
         assert_eq!(scanner.next_offset(), 3);
+        assert_eq!(
+            scanner.position(),
+            126,
+            "the end of the last record, not the boundary"
+        );
 
         let mut damaged = records(0, 3, 10);
         damaged[42 + 35] ^= 4;
@@ -255,6 +312,84 @@ mod tests {
         scanner.feed(&damaged, |_, _| {});
         assert_eq!(scanner.fault(), Some(Fault::BadCrc));
         assert_eq!(scanner.next_offset(), 1);
+    }
+
+    /// `count` records of `payload_bytes` from `first_offset`, each batch of `per_block` of them
+    /// starting at a block boundary, as the writer lays them out when it skips pads.
+    fn records_with_gaps(first_offset: u64, count: u64, per_block: u64, payload: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut offset = first_offset;
+        while offset < first_offset + count {
+            let batch = per_block.min(first_offset + count - offset);
+            bytes.extend_from_slice(&records(offset, batch, payload));
+            bytes.resize(bytes.len().next_multiple_of(BLOCK), 0);
+            offset += batch;
+        }
+        bytes
+    }
+
+    #[test]
+    fn the_scanner_steps_over_a_skipped_pad_to_the_record_at_the_boundary() {
+        let bytes = records_with_gaps(7, 12, 5, 300);
+        for split in [0, 1, 1600, 1700, BLOCK - 1, BLOCK, BLOCK + 40, bytes.len()] {
+            let mut scanner = Scanner::new(7, 1, 1024, 0);
+            let mut seen = Vec::new();
+            let mut fed = 0;
+            for window_end in [split, bytes.len()] {
+                if window_end < fed {
+                    continue;
+                }
+                let start = scanner.position() as usize;
+                scanner.feed(&bytes[start..window_end], |record, payload| {
+                    assert_eq!(payload, &vec![record.header.offset as u8; 300][..]);
+                    seen.push((record.header.offset, record.position));
+                });
+                fed = window_end;
+            }
+            scanner.end_of_data();
+            let offsets: Vec<u64> = seen.iter().map(|&(offset, _)| offset).collect();
+            assert_eq!(offsets, (7..19).collect::<Vec<_>>(), "split {split}");
+            assert_eq!(
+                seen[5].1, BLOCK as u64,
+                "the sixth record starts the second block"
+            );
+            assert_eq!(seen[10].1, 2 * BLOCK as u64);
+            assert_eq!(scanner.position(), 2 * BLOCK as u64 + 2 * 332);
+        }
+    }
+
+    #[test]
+    fn a_gap_is_taken_only_when_zeros_fill_it_and_the_expected_record_follows() {
+        let clean = records_with_gaps(0, 10, 5, 300);
+        let first_end = 5 * 332;
+        // Bytes in the gap, a record with the wrong offset after it, a pad too short for a
+        // header: each ends the records at the last good one.
+        let mut stale = clean.clone();
+        stale[BLOCK - 1] = 9;
+        let mut wrong = records_with_gaps(0, 5, 5, 300);
+        wrong.extend_from_slice(&records_with_gaps(6, 5, 5, 300));
+        for (name, bytes) in [("stale byte", stale), ("wrong offset", wrong)] {
+            let mut scanner = Scanner::new(0, 1, 1024, 0);
+            scanner.feed(&bytes, |_, _| {});
+            assert_eq!(scanner.fault(), Some(Fault::Zero), "{name}");
+            assert_eq!(
+                (scanner.next_offset(), scanner.position()),
+                (5, first_end as u64)
+            );
+        }
+        let payload = BLOCK - RECORD_HEADER_BYTES - 10;
+        let mut short = records(0, 1, payload);
+        short.resize(BLOCK, 0);
+        short.extend_from_slice(&records(1, 1, 10));
+        let mut scanner = Scanner::new(0, 1, BLOCK, 0);
+        scanner.feed(&short, |_, _| {});
+        assert!(scanner.fault().is_some());
+        assert_eq!(
+            scanner.next_offset(),
+            1,
+            "a pad under a header's size is never skipped"
+        );
+        assert_eq!(scanner.position(), BLOCK as u64 - 10);
     }
 
     #[test]

@@ -9,9 +9,17 @@
 //! - *full*, while an append fills it; its write starts as soon as the pipeline has room;
 //! - *at whole blocks*, when other writes are in flight: the bytes of its last partial block move
 //!   to the next chunk, so that consecutive writes share no block and can run together;
-//! - *padded*, when no write is in flight: the last partial block is zero-filled and written now,
-//!   so that the newest records do not wait for more appends. Its bytes move to the next chunk as
-//!   well, whose write rewrites that block and may start only once this one has completed.
+//! - *padded and skipped*, in a segment whose format allows gaps (see `crate::format`): the last
+//!   partial block is zero-filled and written now, and the next chunk starts at the next block
+//!   boundary. Readers step over the zeros. Consecutive writes share no block, so the newest
+//!   records go out at once even while earlier writes are in flight. Not done when fewer than
+//!   [`PADDING_SKIP_MIN_BYTES`] would be left (the zeros must hold a whole record header, which
+//!   is how readers tell padding from a record) nor when the pad is more than a quarter of the
+//!   write (the gaps would waste file space);
+//! - *padded and carried*, otherwise, when no write is in flight: the last partial block is
+//!   zero-filled and written now, so that the newest records do not wait for more appends. Its
+//!   bytes move to the next chunk as well, whose write rewrites that block and may start only
+//!   once this one has completed.
 //!
 //! Hence at most one write is in flight per 4 KiB block, at most `writes_in_flight_max` writes are
 //! in flight, and a chunk can be written while earlier ones are still in flight and appenders fill
@@ -24,8 +32,16 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use crate::format::{BLOCK_BYTES, align_down, align_up};
+use crate::format::{BLOCK_BYTES, RECORD_HEADER_BYTES, align_down, align_up};
 use crate::io::WriteBuffer;
+
+/// Fewest zero bytes a skipped pad may leave before the next block: one all-zero record header,
+/// which no record has (epochs start at 1).
+pub(crate) const PADDING_SKIP_MIN_BYTES: u64 = RECORD_HEADER_BYTES as u64;
+
+/// A pad is skipped only when it is at most this fraction (1/n) of its write, which bounds the
+/// file space gaps take. A small write, as a lone record at a low rate sends, carries its block.
+const SKIPPED_PAD_SHARE_MAX: u64 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WriteState {
@@ -65,6 +81,8 @@ pub(crate) struct ChunkWrite<B> {
     pub id: u64,
     pub position: u64,
     pub buffer: Rc<B>,
+    /// The write leaves the rest of its last block as a gap.
+    pub skips_pad: bool,
 }
 
 enum Plan {
@@ -89,13 +107,21 @@ pub(crate) struct Tail<B> {
     /// End position of the last batch that is fully written.
     pub written_boundary_position: u64,
     pub durable_position: u64,
+    /// The segment's format lets a padded write's next chunk start at the next block.
+    skips_padding: bool,
 }
 
 impl<B: WriteBuffer> Tail<B> {
     /// A tail whose file already holds everything before `end_position`, of which the last
     /// partial block is `partial_block`. `buffer` is the first chunk; its length is the chunk
-    /// capacity (`write_bytes_max`), a positive multiple of the block size.
-    pub(crate) fn resume(end_position: u64, partial_block: &[u8], mut buffer: B) -> Self {
+    /// capacity (`write_bytes_max`), a positive multiple of the block size. `skips_padding`: the
+    /// segment's format allows gaps of zeros before a block boundary.
+    pub(crate) fn resume(
+        end_position: u64,
+        partial_block: &[u8],
+        mut buffer: B,
+        skips_padding: bool,
+    ) -> Self {
         let position = align_down(end_position);
         assert_eq!(partial_block.len() as u64, end_position - position);
         let capacity_bytes = buffer.bytes().len();
@@ -116,6 +142,7 @@ impl<B: WriteBuffer> Tail<B> {
             batch_ends: VecDeque::new(),
             written_boundary_position: end_position,
             durable_position: end_position,
+            skips_padding,
         }
     }
 
@@ -199,12 +226,22 @@ impl<B: WriteBuffer> Tail<B> {
         if self.submitted_position >= end || self.block_busy(self.filling.position) {
             return None;
         }
-        let cut = if self.in_flight_count == 0 {
+        let cut = if self.in_flight_count == 0 || self.skips_padding_at(end) {
             end
         } else {
             align_down(end)
         };
         (cut > self.filling.position).then_some(Plan::Cut(cut))
+    }
+
+    /// True when a write of the filling chunk whose records end at `end` leaves the rest of its
+    /// last block as a gap.
+    fn skips_padding_at(&self, end: u64) -> bool {
+        let pad = align_up(end) - end;
+        let write_len = align_up(end) - self.filling.position;
+        self.skips_padding
+            && pad >= PADDING_SKIP_MIN_BYTES
+            && pad * SKIPPED_PAD_SHARE_MAX <= write_len
     }
 
     /// True when [`Tail::next_write`] would return a write.
@@ -220,11 +257,11 @@ impl<B: WriteBuffer> Tail<B> {
         writes_in_flight_max: usize,
         mut allocate: impl FnMut() -> B,
     ) -> Option<ChunkWrite<B>> {
-        let index = match self.plan(writes_in_flight_max)? {
-            Plan::Sealed(index) => index,
+        let (index, skips_pad) = match self.plan(writes_in_flight_max)? {
+            Plan::Sealed(index) => (index, false),
             Plan::Cut(cut) => {
-                self.cut_filling(cut, &mut allocate);
-                self.sealed.len() - 1
+                let skips_pad = self.cut_filling(cut, &mut allocate);
+                (self.sealed.len() - 1, skips_pad)
             }
         };
         let chunk = &mut self.sealed[index];
@@ -235,16 +272,23 @@ impl<B: WriteBuffer> Tail<B> {
             id,
             position: chunk.position,
             buffer: chunk.buffer.clone(),
+            skips_pad,
         })
     }
 
     /// Seals the filling chunk with its record bytes ending at `cut` (its end, or the last block
-    /// boundary before it). The bytes of the end's partial block start the next chunk.
-    fn cut_filling(&mut self, cut: u64, allocate: &mut impl FnMut() -> B) {
+    /// boundary before it). The next chunk starts at the next block boundary when the padding is
+    /// skipped, else the bytes of the end's partial block start it. Returns whether it skipped.
+    fn cut_filling(&mut self, cut: u64, allocate: &mut impl FnMut() -> B) -> bool {
         let end = self.end_position();
-        let next_position = align_down(end);
+        let skips_pad = cut == end && self.skips_padding_at(end);
+        let next_position = if skips_pad {
+            align_up(end)
+        } else {
+            align_down(end)
+        };
         let mut next = self.fresh_filling(next_position, allocate);
-        let carry_from = (next_position - self.filling.position) as usize;
+        let carry_from = ((next_position - self.filling.position) as usize).min(self.filling.len);
         let carried = &self.filling.buffer.bytes()[carry_from..self.filling.len];
         next.buffer.bytes_mut()[..carried.len()].copy_from_slice(carried);
         next.len = carried.len();
@@ -261,6 +305,7 @@ impl<B: WriteBuffer> Tail<B> {
             buffer: Rc::new(buffer),
             write: WriteState::Waiting,
         });
+        skips_pad
     }
 
     /// Marks write `id` complete. Returns the next offset of the last batch that became fully
@@ -318,17 +363,26 @@ impl<B: WriteBuffer> Tail<B> {
                 break;
             }
             let (start, data) = self.piece(index);
-            // Where two chunks share a block, the later one holds the same bytes and more.
+            let data_end = start + data.len() as u64;
+            // Where two chunks share a block, the later one holds the same bytes and more; where
+            // a skipped pad lies between them, the gap reads as the zeros the file holds.
             let own_end = if index + 1 < pieces_count {
                 self.piece(index + 1).0
             } else {
-                start + data.len() as u64
+                data_end
             };
             if cursor < start || cursor >= own_end {
                 continue;
             }
             let until = own_end.min(end);
-            bytes.extend_from_slice(&data[(cursor - start) as usize..(until - start) as usize]);
+            let data_until = until.min(data_end);
+            if cursor < data_until {
+                bytes.extend_from_slice(
+                    &data[(cursor - start) as usize..(data_until - start) as usize],
+                );
+                cursor = data_until;
+            }
+            bytes.resize(bytes.len() + (until - cursor) as usize, 0);
             cursor = until;
         }
         Some(bytes)
@@ -342,8 +396,9 @@ mod tests {
 
     const BLOCK: usize = BLOCK_BYTES as usize;
 
+    /// A tail in a segment without gaps: every padded block is carried.
     fn tail(capacity_bytes: usize) -> Tail<Vec<u8>> {
-        Tail::resume(BLOCK_BYTES, &[], vec![0xA5; capacity_bytes])
+        Tail::resume(BLOCK_BYTES, &[], vec![0xA5; capacity_bytes], false)
     }
 
     fn allocator(capacity_bytes: usize) -> impl FnMut() -> Vec<u8> {
@@ -404,6 +459,54 @@ mod tests {
     }
 
     #[test]
+    fn a_skipped_pad_lets_the_next_write_start_while_it_is_in_flight() {
+        let mut tail = Tail::resume(BLOCK_BYTES, &[], vec![0xA5; 8 * BLOCK], true);
+        let first_len = 3 * BLOCK + 10;
+        tail.append(&vec![3u8; first_len], allocator(8 * BLOCK));
+        tail.push_batch_end(1);
+        let padded = tail.next_write(0, 4, allocator(8 * BLOCK)).unwrap();
+        assert!(padded.skips_pad);
+        let expected = [vec![3u8; first_len], vec![0u8; BLOCK - 10]].concat();
+        assert!(
+            *padded.buffer == expected,
+            "records, then zeros to the block end"
+        );
+        assert_eq!(tail.end_position(), 5 * BLOCK_BYTES);
+        let second_len = 3 * BLOCK + 20;
+        tail.append(&vec![4u8; second_len], allocator(8 * BLOCK));
+        tail.push_batch_end(2);
+        let next = tail.next_write(1, 4, allocator(8 * BLOCK)).unwrap();
+        assert_eq!(next.position, 5 * BLOCK_BYTES);
+        assert!(next.buffer[..second_len] == vec![4u8; second_len]);
+        // The gap reads as zeros, as it does from the file.
+        let read = tail.read(4 * BLOCK_BYTES + 5, BLOCK + 5).unwrap();
+        let expected = [vec![3u8; 5], vec![0u8; BLOCK - 10], vec![4u8; 10]].concat();
+        assert!(read == expected, "a read across the gap");
+        assert_eq!(tail.complete(1), None);
+        assert_eq!(tail.complete(0), Some(2));
+        assert_eq!(tail.written_position, 8 * BLOCK_BYTES + 20);
+    }
+
+    #[test]
+    fn a_pad_too_short_for_a_header_or_too_large_for_its_write_is_carried() {
+        let short = 4 * BLOCK - PADDING_SKIP_MIN_BYTES as usize + 1;
+        let large = BLOCK + 10;
+        for len in [short, large] {
+            let mut tail = Tail::resume(BLOCK_BYTES, &[], vec![0xA5; 8 * BLOCK], true);
+            tail.append(&vec![5u8; len], allocator(8 * BLOCK));
+            let padded = tail.next_write(0, 4, allocator(8 * BLOCK)).unwrap();
+            assert!(!padded.skips_pad);
+            assert_eq!(padded.buffer.len() as u64, align_up(len as u64));
+            assert_eq!(tail.end_position(), BLOCK_BYTES + len as u64);
+            tail.append(&[6u8; 8], allocator(8 * BLOCK));
+            assert!(!tail.can_write(4), "{len}: the carried block is busy");
+            tail.complete(0);
+            let rewrite = tail.next_write(1, 4, allocator(8 * BLOCK)).unwrap();
+            assert_eq!(rewrite.position, BLOCK_BYTES + align_down(len as u64));
+        }
+    }
+
+    #[test]
     fn the_written_offset_waits_for_the_contiguous_prefix() {
         let mut tail = tail(BLOCK);
         tail.append(&[5u8; BLOCK], allocator(BLOCK));
@@ -444,10 +547,13 @@ mod tests {
             let writes_max = 1 + rng.below(4) as usize;
             let start = BLOCK_BYTES + rng.below(BLOCK_BYTES);
             let partial: Vec<u8> = (0..start % BLOCK_BYTES).map(|i| i as u8 | 1).collect();
-            let mut tail = Tail::resume(start, &partial, vec![0xA5; capacity]);
+            let skips_padding = rng.below(2) == 0;
+            let mut tail = Tail::resume(start, &partial, vec![0xA5; capacity], skips_padding);
             let mut appended: Vec<u8> = vec![0; BLOCK];
             appended.extend_from_slice(&partial);
             let mut disk: Vec<u8> = appended.clone();
+            // `appended` holds the file image: records, and the zeros of skipped pads.
+            let mut data_end = appended.len();
             // Each write in flight with the appended length when it was submitted.
             let mut in_flight: Vec<(ChunkWrite<Vec<u8>>, usize)> = Vec::new();
             let mut next_id = 0;
@@ -459,6 +565,7 @@ mod tests {
                         let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8 | 1).collect();
                         tail.append(&bytes, allocator(capacity));
                         appended.extend_from_slice(&bytes);
+                        data_end = appended.len();
                         tail.push_batch_end(step);
                     }
                     1 => {
@@ -477,6 +584,8 @@ mod tests {
                             in_flight.push((write, appended.len()));
                             assert!(in_flight.len() <= writes_max, "seed {seed}: over the cap");
                         }
+                        assert!(skips_padding || tail.end_position() == appended.len() as u64);
+                        appended.resize(tail.end_position() as usize, 0);
                     }
                     _ if !in_flight.is_empty() => {
                         let index = rng.below(in_flight.len() as u64) as usize;
@@ -536,6 +645,7 @@ mod tests {
                     next_id += 1;
                     in_flight.push((write, appended.len()));
                 }
+                appended.resize(tail.end_position() as usize, 0);
                 let Some((write, _)) = in_flight.pop() else {
                     break;
                 };
@@ -547,11 +657,7 @@ mod tests {
                 disk[position..write_end].copy_from_slice(&write.buffer);
                 tail.complete(write.id);
             }
-            assert_eq!(
-                tail.written_position,
-                appended.len() as u64,
-                "seed {seed}: drain"
-            );
+            assert_eq!(tail.written_position, data_end as u64, "seed {seed}: drain");
             assert_eq!(
                 &disk[..appended.len()],
                 &appended[..],

@@ -43,6 +43,7 @@ struct Model {
     /// Offsets the caller marked dead; their segments may be deleted.
     dead: std::collections::BTreeSet<u64>,
     segments_deleted_count: u64,
+    pad_skips_count: u64,
     confirmed_count: u64,
     crashes_count: u64,
     faults_count: u64,
@@ -321,6 +322,7 @@ async fn run_model(seed: u64, negative_control: bool) -> Result<Model, String> {
                 break "crash";
             }
         };
+        model.pad_skips_count += log.stats().pad_skips_count;
         if ending == "close" {
             for _ in 0..256 {
                 if waiting.is_empty() {
@@ -361,6 +363,7 @@ fn confirmed_records_survive_random_crashes_and_nothing_is_invented() {
         let mut crashes = 0u64;
         let mut faults = 0u64;
         let mut deleted = 0u64;
+        let mut pad_skips = 0u64;
         for run_index in 0..RUNS_COUNT {
             let seed = base.wrapping_add(run_index);
             match run_model(seed, false).await {
@@ -369,15 +372,17 @@ fn confirmed_records_survive_random_crashes_and_nothing_is_invented() {
                     crashes += model.crashes_count;
                     faults += model.faults_count;
                     deleted += model.segments_deleted_count;
+                    pad_skips += model.pad_skips_count;
                 }
                 Err(failure) => panic!("model run failed with SEED={seed}: {failure}"),
             }
         }
         println!(
             "model: runs={RUNS_COUNT} crashes={crashes} faults={faults} confirmed={confirmed} \
-             segments_deleted={deleted}"
+             segments_deleted={deleted} pad_skips={pad_skips}"
         );
         assert!(deleted > 0, "no segment deletion exercised");
+        assert!(pad_skips > 0, "no write skipped a pad");
         assert!(
             crashes >= RUNS_COUNT * 3,
             "too few crashes exercised: {crashes}"

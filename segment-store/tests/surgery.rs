@@ -13,30 +13,17 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::{payload, run, scratch_dir};
-use ruuster_segment_store::format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BLOCK_BYTES};
-use ruuster_segment_store::{
-    Level, Log, Options, ReadLimits, Record, RecoveryReport, StoreError, Watermark,
+use common::{
+    copy_dir, first_segment_path as segment_path, open_and_check, payload, poke, run, scratch_dir,
+    surgery_options as options,
 };
+use ruuster_segment_store::format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BLOCK_BYTES};
+use ruuster_segment_store::{Level, Log, Record, RecoveryReport, StoreError};
 
 const PAYLOAD_BYTES: usize = 60;
 const FRAME_BYTES: u64 = (RECORD_HEADER_BYTES + PAYLOAD_BYTES) as u64;
 const DURABLE_COUNT: u64 = 3;
 const ALL_COUNT: u64 = 6;
-
-fn options() -> Options {
-    Options {
-        segment_bytes: 64 * 1024,
-        max_payload_bytes: 4096,
-        checkpoint_every_bytes: 1 << 30,
-        background_period: None,
-        ..Options::default()
-    }
-}
-
-fn segment_path(dir: &Path) -> PathBuf {
-    dir.join("00000000000000000000.seg")
-}
 
 /// Byte position of record `offset` in the first segment.
 fn position(offset: u64) -> u64 {
@@ -72,40 +59,9 @@ fn build(dir: &Path) {
     });
 }
 
-fn copy_dir(source: &Path, target: &Path) {
-    fs::create_dir_all(target).unwrap();
-    for entry in fs::read_dir(source).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
-    }
-}
-
-fn poke(path: &Path, position: u64, bytes: &[u8]) {
-    let file = OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(bytes, position).unwrap();
-    file.sync_all().unwrap();
-}
-
-/// Opens and returns the report and every record, checking each against its payload.
-fn open_and_check(dir: &Path) -> Result<(RecoveryReport, u64), StoreError> {
-    let dir = dir.to_path_buf();
-    run(async move {
-        let (log, report) = Log::open(&dir, options()).await?;
-        let limits = ReadLimits {
-            records_max: usize::MAX,
-            bytes_max: usize::MAX,
-        };
-        let records = log.read(0, limits, Watermark::Durable).await?;
-        for (index, record) in records.iter().enumerate() {
-            assert_eq!(record.offset, index as u64);
-            assert_eq!(
-                record.payload,
-                payload(record.offset, PAYLOAD_BYTES),
-                "invented content"
-            );
-        }
-        Ok((report, records.len() as u64))
-    })
+/// Opens the copy in `dir` and checks every record it returns.
+fn open_and_check_all(dir: &Path) -> Result<(RecoveryReport, u64), StoreError> {
+    open_and_check(dir, PAYLOAD_BYTES)
 }
 
 fn corrupt_offset(result: Result<(RecoveryReport, u64), StoreError>) -> (PathBuf, Option<u64>) {
@@ -132,7 +88,8 @@ fn truncation_at_every_byte_above_the_durable_point_keeps_the_whole_records() {
             .unwrap();
         file.set_len(cut).unwrap();
         drop(file);
-        let (_, count) = open_and_check(&dir).unwrap_or_else(|error| panic!("cut {cut}: {error}"));
+        let (_, count) =
+            open_and_check_all(&dir).unwrap_or_else(|error| panic!("cut {cut}: {error}"));
         assert_eq!(
             count,
             (cut - SEGMENT_HEADER_BLOCK_BYTES) / FRAME_BYTES,
@@ -149,7 +106,7 @@ fn a_zero_filled_tail_is_cut() {
     build(&base);
     let zeros = vec![0u8; (2 * FRAME_BYTES) as usize];
     poke(&segment_path(&base), position(ALL_COUNT - 2), &zeros);
-    let (report, count) = open_and_check(&base).unwrap();
+    let (report, count) = open_and_check_all(&base).unwrap();
     assert_eq!(count, ALL_COUNT - 2);
     assert_eq!(report.truncated_bytes, 0, "zeros are not dropped bytes");
 }
@@ -167,7 +124,7 @@ fn one_flipped_bit_below_the_durable_point_refuses_the_open_naming_segment_and_o
         .read_exact_at(&mut byte, at)
         .unwrap();
     poke(&path, at, &[byte[0] ^ 0x08]);
-    let (segment, offset) = corrupt_offset(open_and_check(&base));
+    let (segment, offset) = corrupt_offset(open_and_check_all(&base));
     assert_eq!(segment, path);
     assert_eq!(offset, Some(1));
 }
@@ -178,7 +135,7 @@ fn a_huge_length_field_is_cut_above_and_refused_below_the_durable_point() {
     let above = scratch_dir("surgery-length-above");
     build(&above);
     poke(&segment_path(&above), position(4), &u32::MAX.to_le_bytes());
-    let (report, count) = open_and_check(&above).unwrap();
+    let (report, count) = open_and_check_all(&above).unwrap();
     assert_eq!(count, 4);
     assert!(report.truncated_bytes > 0);
 
@@ -189,7 +146,7 @@ fn a_huge_length_field_is_cut_above_and_refused_below_the_durable_point() {
         position(2),
         &(u32::MAX - 1).to_le_bytes(),
     );
-    let (_, offset) = corrupt_offset(open_and_check(&below));
+    let (_, offset) = corrupt_offset(open_and_check_all(&below));
     assert_eq!(offset, Some(2));
 }
 
@@ -201,13 +158,13 @@ fn a_hole_before_valid_records_above_the_durable_point_drops_everything_after_it
     build(&base);
     let zeros = vec![0u8; FRAME_BYTES as usize];
     poke(&segment_path(&base), position(3), &zeros);
-    let (report, count) = open_and_check(&base).unwrap();
+    let (report, count) = open_and_check_all(&base).unwrap();
     assert_eq!(count, 3);
     // The span from the hole to the last non-zero byte: the hole and the two records after it.
     assert!(report.truncated_bytes > 2 * FRAME_BYTES && report.truncated_bytes <= 3 * FRAME_BYTES);
     let (path, offset, at) = report.truncated_at.unwrap();
     assert_eq!((path, offset, at), (segment_path(&base), 3, position(3)));
     // The cut is permanent: the dropped records do not come back on the next open.
-    let (report, count) = open_and_check(&base).unwrap();
+    let (report, count) = open_and_check_all(&base).unwrap();
     assert_eq!((count, report.truncated_bytes), (3, 0));
 }
