@@ -812,6 +812,7 @@ impl Core {
             ("messages_ready_count", ready),
             ("messages_unacked_count", unacked),
             ("journal_writes_count", store.writes_count),
+            ("journal_pad_skips_count", store.pad_skips_count),
             ("journal_written_bytes", store.written_bytes),
             ("journal_fdatasyncs_count", store.syncs_count),
             ("journal_synced_records_count", store.synced_records_count),
