@@ -86,10 +86,11 @@ fn crash_child() {
                     else {
                         return;
                     };
+                    let pad_skips = log.stats().pad_skips_count;
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(
                         out,
-                        "confirmed {} {task} {sequence}",
+                        "confirmed {} {task} {sequence} {pad_skips}",
                         appended.offsets.start
                     );
                     let _ = out.flush();
@@ -102,17 +103,21 @@ fn crash_child() {
     });
 }
 
+/// What one child run confirmed before it was killed.
+struct Cycle {
+    /// Offset -> (task, sequence).
+    confirmed: BTreeMap<u64, (u64, u64)>,
+    /// Writes that left a gap before the next block (`Stats::pad_skips_count`), as last reported.
+    pad_skips: u64,
+}
+
 /// Starts a child on `dir`, kills it after `CONFIRMS_BEFORE_KILL` confirmations, returns what
-/// it confirmed: offset -> (task, sequence).
-fn child_cycle(dir: &Path, negative: bool) -> BTreeMap<u64, (u64, u64)> {
+/// it confirmed.
+fn child_cycle(dir: &Path, negative: bool) -> Cycle {
     child_cycle_with(dir, negative, |_| {})
 }
 
-fn child_cycle_with(
-    dir: &Path,
-    negative: bool,
-    before_kill: impl FnOnce(&Path),
-) -> BTreeMap<u64, (u64, u64)> {
+fn child_cycle_with(dir: &Path, negative: bool, before_kill: impl FnOnce(&Path)) -> Cycle {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -129,6 +134,7 @@ fn child_cycle_with(
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut confirmed = BTreeMap::new();
+    let mut pad_skips = 0;
     let started = Instant::now();
     while confirmed.len() < CONFIRMS_BEFORE_KILL {
         assert!(
@@ -139,27 +145,34 @@ fn child_cycle_with(
         let Some(Ok(line)) = lines.next() else {
             panic!("child ended after {} confirmations", confirmed.len());
         };
-        if let Some(entry) = parse(&line) {
-            confirmed.insert(entry.0, entry.1);
+        if let Some((offset, entry, skips)) = parse(&line) {
+            confirmed.insert(offset, entry);
+            pad_skips = pad_skips.max(skips);
         }
     }
     before_kill(dir);
     child.kill().unwrap();
     for line in lines.map_while(Result::ok) {
-        if let Some(entry) = parse(&line) {
-            confirmed.insert(entry.0, entry.1);
+        if let Some((offset, entry, skips)) = parse(&line) {
+            confirmed.insert(offset, entry);
+            pad_skips = pad_skips.max(skips);
         }
     }
     child.wait().unwrap();
-    confirmed
+    Cycle {
+        confirmed,
+        pad_skips,
+    }
 }
 
-fn parse(line: &str) -> Option<(u64, (u64, u64))> {
+/// `confirmed <offset> <task> <sequence> <pad skips so far>`.
+fn parse(line: &str) -> Option<(u64, (u64, u64), u64)> {
     let mut words = line.strip_prefix("confirmed ")?.split(' ');
     let offset = words.next()?.parse().ok()?;
     let task = words.next()?.parse().ok()?;
     let sequence = words.next()?.parse().ok()?;
-    Some((offset, (task, sequence)))
+    let pad_skips = words.next()?.parse().ok()?;
+    Some((offset, (task, sequence), pad_skips))
 }
 
 /// Opens the log and counts confirmed records that are missing or altered; also fails on any
@@ -215,19 +228,23 @@ fn sigkill_during_fsynced_appends_loses_no_confirmed_record() {
     let cycles = cycles_from_env(20);
     let mut all_confirmed = BTreeMap::new();
     let mut lost = 0u64;
+    let mut pad_skips = 0;
     for _ in 0..cycles {
-        let confirmed = child_cycle(&dir, false);
-        all_confirmed.extend(confirmed);
+        let cycle = child_cycle(&dir, false);
+        all_confirmed.extend(cycle.confirmed);
+        pad_skips += cycle.pad_skips;
         lost = check(&dir, &all_confirmed);
         if lost > 0 {
             break;
         }
     }
     println!(
-        "crash: cycles={cycles} confirmed={} lost={lost}",
+        "crash: cycles={cycles} confirmed={} lost={lost} pad_skips={pad_skips}",
         all_confirmed.len()
     );
     assert_eq!(lost, 0);
+    // The kills must also land among gaps left by skipped pads (segment format 2).
+    assert!(pad_skips > 0, "no write skipped a pad");
 }
 
 /// The negative control: a child that confirms before writing must be caught losing records.
@@ -237,7 +254,7 @@ fn the_crash_checker_detects_early_confirmation() {
     let mut lost = 0;
     let mut cycles = 0;
     while lost == 0 && cycles < 5 {
-        let confirmed = child_cycle(&dir, true);
+        let confirmed = child_cycle(&dir, true).confirmed;
         lost = check(&dir, &confirmed);
         cycles += 1;
     }
@@ -339,7 +356,9 @@ impl Drop for LoopMount {
     }
 }
 
-fn power_loss_cycles(negative: bool, cycles: usize) -> Option<(usize, u64)> {
+/// Returns how many records were confirmed, how many of them were lost and how many writes
+/// skipped a pad.
+fn power_loss_cycles(negative: bool, cycles: usize) -> Option<(usize, u64, u64)> {
     let Some(mounted) = LoopMount::create(if negative { "power-neg" } else { "power" }) else {
         println!("skipped: needs root, losetup, mkfs.ext4 and mount (loop device + ext4)");
         return None;
@@ -347,9 +366,11 @@ fn power_loss_cycles(negative: bool, cycles: usize) -> Option<(usize, u64)> {
     let dir = mounted.mount.join("log");
     let mut all_confirmed = BTreeMap::new();
     let mut lost = 0;
+    let mut pad_skips = 0;
     for _ in 0..cycles {
-        let confirmed = child_cycle_with(&dir, negative, |_| mounted.shut_down());
-        all_confirmed.extend(confirmed);
+        let cycle = child_cycle_with(&dir, negative, |_| mounted.shut_down());
+        all_confirmed.extend(cycle.confirmed);
+        pad_skips += cycle.pad_skips;
         mounted.unmount();
         assert!(mounted.mount_again(), "remount after shutdown");
         lost = check(&dir, &all_confirmed);
@@ -357,7 +378,7 @@ fn power_loss_cycles(negative: bool, cycles: usize) -> Option<(usize, u64)> {
             break;
         }
     }
-    Some((all_confirmed.len(), lost))
+    Some((all_confirmed.len(), lost, pad_skips))
 }
 
 /// Catches what `kill -9` cannot: confirmed data or metadata (segment files, directory entries,
@@ -370,8 +391,10 @@ fn power_loss_on_an_ext4_loop_device_loses_no_confirmed_record() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(3);
-    if let Some((confirmed, lost)) = power_loss_cycles(false, cycles) {
-        println!("power-loss: cycles={cycles} confirmed={confirmed} lost={lost}");
+    if let Some((confirmed, lost, pad_skips)) = power_loss_cycles(false, cycles) {
+        println!(
+            "power-loss: cycles={cycles} confirmed={confirmed} lost={lost} pad_skips={pad_skips}"
+        );
         assert_eq!(lost, 0);
     }
 }
@@ -379,7 +402,7 @@ fn power_loss_on_an_ext4_loop_device_loses_no_confirmed_record() {
 /// The power-loss checker must catch early confirmations too.
 #[test]
 fn the_power_loss_checker_detects_early_confirmation() {
-    if let Some((confirmed, lost)) = power_loss_cycles(true, 2) {
+    if let Some((confirmed, lost, _)) = power_loss_cycles(true, 2) {
         println!("power-loss negative control: confirmed={confirmed} lost={lost}");
         assert!(lost > 0, "the checker did not notice early confirmations");
     }
