@@ -88,8 +88,9 @@ pub(crate) struct ChunkWrite<B> {
 enum Plan {
     /// Submit the sealed chunk at this index.
     Sealed(usize),
-    /// Seal the filling chunk with its record bytes ending here, then submit it.
-    Cut(u64),
+    /// Seal the filling chunk with its record bytes ending at `cut`, then submit it; `skips_pad`:
+    /// the next chunk starts at the next block boundary instead of carrying the partial block.
+    Cut { cut: u64, skips_pad: bool },
 }
 
 pub(crate) struct Tail<B> {
@@ -226,12 +227,13 @@ impl<B: WriteBuffer> Tail<B> {
         if self.submitted_position >= end || self.block_busy(self.filling.position) {
             return None;
         }
-        let cut = if self.in_flight_count == 0 || self.skips_padding_at(end) {
+        let skips_pad = self.skips_padding_at(end);
+        let cut = if self.in_flight_count == 0 || skips_pad {
             end
         } else {
             align_down(end)
         };
-        (cut > self.filling.position).then_some(Plan::Cut(cut))
+        (cut > self.filling.position).then_some(Plan::Cut { cut, skips_pad })
     }
 
     /// True when a write of the filling chunk whose records end at `end` leaves the rest of its
@@ -259,8 +261,8 @@ impl<B: WriteBuffer> Tail<B> {
     ) -> Option<ChunkWrite<B>> {
         let (index, skips_pad) = match self.plan(writes_in_flight_max)? {
             Plan::Sealed(index) => (index, false),
-            Plan::Cut(cut) => {
-                let skips_pad = self.cut_filling(cut, &mut allocate);
+            Plan::Cut { cut, skips_pad } => {
+                self.cut_filling(cut, skips_pad, &mut allocate);
                 (self.sealed.len() - 1, skips_pad)
             }
         };
@@ -277,11 +279,10 @@ impl<B: WriteBuffer> Tail<B> {
     }
 
     /// Seals the filling chunk with its record bytes ending at `cut` (its end, or the last block
-    /// boundary before it). The next chunk starts at the next block boundary when the padding is
-    /// skipped, else the bytes of the end's partial block start it. Returns whether it skipped.
-    fn cut_filling(&mut self, cut: u64, allocate: &mut impl FnMut() -> B) -> bool {
+    /// boundary before it). The next chunk starts at the next block boundary when `skips_pad`,
+    /// else the bytes of the end's partial block start it.
+    fn cut_filling(&mut self, cut: u64, skips_pad: bool, allocate: &mut impl FnMut() -> B) {
         let end = self.end_position();
-        let skips_pad = cut == end && self.skips_padding_at(end);
         let next_position = if skips_pad {
             align_up(end)
         } else {
@@ -305,7 +306,6 @@ impl<B: WriteBuffer> Tail<B> {
             buffer: Rc::new(buffer),
             write: WriteState::Waiting,
         });
-        skips_pad
     }
 
     /// Marks write `id` complete. Returns the next offset of the last batch that became fully
