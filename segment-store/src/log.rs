@@ -1649,7 +1649,12 @@ impl<S: Storage> Shared<S> {
             let chunk = self
                 .storage
                 .alloc_buffer(self.options.write_bytes_max as usize);
-            state.tail = Tail::resume(SEGMENT_HEADER_BLOCK_BYTES, &[], chunk, true);
+            state.tail = Tail::resume(
+                SEGMENT_HEADER_BLOCK_BYTES,
+                &[],
+                chunk,
+                format::SEGMENT_VERSION,
+            );
             let new_active = Segment {
                 base_offset,
                 version: format::SEGMENT_VERSION,

@@ -689,8 +689,7 @@ pub(crate) async fn recover<S: Storage>(
             ));
         }
         let chunk = storage.alloc_buffer(options.write_bytes_max as usize);
-        let skips_padding = header.version == format::SEGMENT_VERSION;
-        let tail = Tail::resume(scan.end_position, &partial, chunk, skips_padding);
+        let tail = Tail::resume(scan.end_position, &partial, chunk, header.version);
         report.records_count += scan.next_offset - base_offset;
         next_offset = scan.next_offset;
         let segment = Segment {
@@ -859,7 +858,7 @@ async fn new_segment<S: Storage>(
             SEGMENT_HEADER_BLOCK_BYTES,
             &[],
             storage.alloc_buffer(options.write_bytes_max as usize),
-            true,
+            format::SEGMENT_VERSION,
         ),
     ))
 }

@@ -32,7 +32,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use crate::format::{BLOCK_BYTES, RECORD_HEADER_BYTES, align_down, align_up};
+use crate::format::{BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_VERSION, align_down, align_up};
 use crate::io::WriteBuffer;
 
 /// Fewest zero bytes a skipped pad may leave before the next block: one all-zero record header,
@@ -115,13 +115,13 @@ pub(crate) struct Tail<B> {
 impl<B: WriteBuffer> Tail<B> {
     /// A tail whose file already holds everything before `end_position`, of which the last
     /// partial block is `partial_block`. `buffer` is the first chunk; its length is the chunk
-    /// capacity (`write_bytes_max`), a positive multiple of the block size. `skips_padding`: the
-    /// segment's format allows gaps of zeros before a block boundary.
+    /// capacity (`write_bytes_max`), a positive multiple of the block size. Pads are skipped only
+    /// in a segment of `segment_version` [`SEGMENT_VERSION`], whose format allows gaps.
     pub(crate) fn resume(
         end_position: u64,
         partial_block: &[u8],
         mut buffer: B,
-        skips_padding: bool,
+        segment_version: u32,
     ) -> Self {
         let position = align_down(end_position);
         assert_eq!(partial_block.len() as u64, end_position - position);
@@ -143,7 +143,7 @@ impl<B: WriteBuffer> Tail<B> {
             batch_ends: VecDeque::new(),
             written_boundary_position: end_position,
             durable_position: end_position,
-            skips_padding,
+            skips_padding: segment_version == SEGMENT_VERSION,
         }
     }
 
@@ -392,13 +392,19 @@ impl<B: WriteBuffer> Tail<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::SEGMENT_VERSION_GAPLESS;
     use crate::io::sim::SimRng;
 
     const BLOCK: usize = BLOCK_BYTES as usize;
 
     /// A tail in a segment without gaps: every padded block is carried.
     fn tail(capacity_bytes: usize) -> Tail<Vec<u8>> {
-        Tail::resume(BLOCK_BYTES, &[], vec![0xA5; capacity_bytes], false)
+        Tail::resume(
+            BLOCK_BYTES,
+            &[],
+            vec![0xA5; capacity_bytes],
+            SEGMENT_VERSION_GAPLESS,
+        )
     }
 
     fn allocator(capacity_bytes: usize) -> impl FnMut() -> Vec<u8> {
@@ -460,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_skipped_pad_lets_the_next_write_start_while_it_is_in_flight() {
-        let mut tail = Tail::resume(BLOCK_BYTES, &[], vec![0xA5; 8 * BLOCK], true);
+        let mut tail = Tail::resume(BLOCK_BYTES, &[], vec![0xA5; 8 * BLOCK], SEGMENT_VERSION);
         let first_len = 3 * BLOCK + 10;
         tail.append(&vec![3u8; first_len], allocator(8 * BLOCK));
         tail.push_batch_end(1);
@@ -492,7 +498,7 @@ mod tests {
         let short = 4 * BLOCK - PADDING_SKIP_MIN_BYTES as usize + 1;
         let large = BLOCK + 10;
         for len in [short, large] {
-            let mut tail = Tail::resume(BLOCK_BYTES, &[], vec![0xA5; 8 * BLOCK], true);
+            let mut tail = Tail::resume(BLOCK_BYTES, &[], vec![0xA5; 8 * BLOCK], SEGMENT_VERSION);
             tail.append(&vec![5u8; len], allocator(8 * BLOCK));
             let padded = tail.next_write(0, 4, allocator(8 * BLOCK)).unwrap();
             assert!(!padded.skips_pad);
@@ -547,8 +553,9 @@ mod tests {
             let writes_max = 1 + rng.below(4) as usize;
             let start = BLOCK_BYTES + rng.below(BLOCK_BYTES);
             let partial: Vec<u8> = (0..start % BLOCK_BYTES).map(|i| i as u8 | 1).collect();
-            let skips_padding = rng.below(2) == 0;
-            let mut tail = Tail::resume(start, &partial, vec![0xA5; capacity], skips_padding);
+            let version = [SEGMENT_VERSION, SEGMENT_VERSION_GAPLESS][rng.below(2) as usize];
+            let skips_padding = version == SEGMENT_VERSION;
+            let mut tail = Tail::resume(start, &partial, vec![0xA5; capacity], version);
             let mut appended: Vec<u8> = vec![0; BLOCK];
             appended.extend_from_slice(&partial);
             let mut disk: Vec<u8> = appended.clone();
